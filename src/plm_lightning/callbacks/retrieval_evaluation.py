@@ -1,0 +1,136 @@
+"""Zero-shot retrieval evaluation on the test split: before training and after every N epochs.
+
+test loader (sharded by rank) -> student embeddings with dataset indices -> gather across ranks -> drop duplicate
+indices -> retrieval core on rank 0 -> the same numbers broadcast to every rank -> logger (``val/R@1`` ...,
+``val/R@1_best``), metrics.json in the run directory, and a Recall@K table at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
+from plm_lightning.retrieval import evaluate_embeddings, format_recall_table
+from plm_lightning.utils.io import atomic_write_text
+
+
+class RetrievalEvaluation(Callback):
+    def __init__(self, ks: Sequence[int], *, every_n_epochs: int = 1, before_training: bool = True,
+                 backend: str = "auto", normalize: bool = True, map_r: bool = True, nmi: bool = True,
+                 memory_budget_mb: float = 512.0, seed: int = 0, run_dir: Optional[str] = None,
+                 monitor: str = "R@1"):
+        self.ks = list(ks)
+        self.every_n_epochs = every_n_epochs
+        self.before_training = before_training
+        self.options = {"backend": backend, "normalize": normalize, "map_r": map_r, "compute_nmi": nmi,
+                        "memory_budget_mb": memory_budget_mb, "seed": seed}
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.monitor = monitor
+        self.initial: Optional[dict[str, float]] = None
+        self.history: list[dict[str, Any]] = []
+        self.best: Optional[dict[str, float]] = None
+        self.best_epoch: Optional[int] = None
+
+    # --- computing -----------------------------------------------------------------------------------------------
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        loader = trainer.datamodule.test_embedding_dataloader()
+        autocast = trainer.precision_plugin.forward_context
+        idx, emb, lab = embed_loader(pl_module.student, loader, pl_module.device, autocast)
+        idx, emb, lab = gather_by_index(pl_module.all_gather, trainer.world_size, idx, emb, lab)
+        metrics = None
+        if trainer.is_global_zero:
+            metrics = evaluate_embeddings(emb.cpu(), lab.cpu(), self.ks, **self.options)
+        # One computation, the same numbers on every rank.
+        return trainer.strategy.broadcast(metrics, src=0)
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        return epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0)
+
+    # --- hooks ---------------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.before_training and self.initial is None and trainer.current_epoch == 0:
+            self.initial = self.evaluate(trainer, pl_module)
+            # Logged at step 0, before any update, so curves start at the untrained network.
+            for logger in trainer.loggers:
+                logger.log_metrics({f"val/{k}": v for k, v in self.initial.items()} | {"epoch": -1}, step=0)
+            rank_zero_info(f"initial (before training): {_one_line(self.initial)}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        metrics = self.evaluate(trainer, pl_module)
+        epoch = trainer.current_epoch
+        self.history.append({"epoch": epoch, **metrics})
+        if self.best is None or metrics[self.monitor] > self.best[self.monitor]:
+            self.best, self.best_epoch = dict(metrics), epoch
+        logs = {f"val/{k}": v for k, v in metrics.items()}
+        logs[f"val/{self.monitor}_best"] = self.best[self.monitor]
+        # Identical on every rank already, so no reduction.
+        pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=False)
+        rank_zero_info(f"epoch {epoch}: {_one_line(metrics)}")
+        self._write(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+        if trainer.is_global_zero and (self.initial or self.history):
+            rows = {}
+            if self.initial:
+                rows["initial"] = self.initial
+            if self.history:
+                rows["final"] = {k: v for k, v in self.history[-1].items() if k != "epoch"}
+                rows[f"best (epoch {self.best_epoch})"] = self.best
+            print("\n" + format_recall_table_rows(rows), flush=True)
+
+    # --- results -------------------------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        final = {k: v for k, v in self.history[-1].items() if k != "epoch"} if self.history else None
+        return {"initial": self.initial, "final": final, "best": self.best, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if self.run_dir is None or not trainer.is_global_zero:
+            return
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(_finite(self.summary()), indent=2) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial, "history": self.history, "best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial = state_dict.get("initial")
+        self.history = list(state_dict.get("history", []))
+        self.best = state_dict.get("best")
+        self.best_epoch = state_dict.get("best_epoch")
+
+
+def _one_line(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+
+
+def format_recall_table_rows(rows: dict[str, dict[str, float]]) -> str:
+    """One row per named result (initial / final / best), one column per metric."""
+    lines = []
+    width = max(len(name) for name in rows)
+    for i, (name, metrics) in enumerate(rows.items()):
+        table = format_recall_table(metrics).splitlines()
+        if i == 0:
+            lines.append(" " * (width + 2) + table[0])
+        lines.append(name.ljust(width + 2) + table[-1])
+    return "\n".join(lines)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

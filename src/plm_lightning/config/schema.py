@@ -1,0 +1,121 @@
+"""The typed configuration (OmegaConf structured config). Every knob of a run lives here, with its default.
+
+Defaults marked [ours] are this project's choices where the paper is silent (see ../docs/method.md and
+METHOD.md); the defaults here are the paper-scale ones, small configs (digits.yaml) override them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | folder
+    root: Optional[str] = None  # dataset folder (not used by the embedded digits dataset)
+    image_size: int = 227  # train crop / eval centre crop
+    resize: int = 256  # eval resize before the centre crop
+    batch_size: int = 120  # B, images per training batch (per process)
+    neighbours_per_seed: int = 5  # k: each seed brings its k - 1 nearest neighbours (the seed counts as its own first)
+    refresh_every: int = 1  # rebuild the nearest-neighbour table from teacher embeddings every N epochs
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    augment: bool = True
+    train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "googlenet"  # small_cnn | googlenet | resnet50
+    pretrained: bool = True  # ImageNet weights via torchvision's weights API (needs network once)
+    embedding_dim: int = 128
+    pooling: str = "avg+max"  # avg | max | avg+max (summed)
+    width: int = 64  # small_cnn: channels of the first block
+
+
+@dataclass
+class MethodConfig:
+    # Similarity: s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta  [paper form; ours: 4, 1 from the paper's ablation]
+    n_alpha: float = 4.0
+    n_beta: float = 1.0
+    piece_dim: int = 2  # m [ours]
+    max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
+    tau: float = 0.5  # greedy acceptance threshold on the relative residual [ours]
+    subset_selection: bool = True  # False = "no subset selection" ablation
+    num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
+    proxy_neighbours: Optional[int] = None  # q for L_nbhd [ours: None = neighbours_per_seed]
+    lambda_proxy: float = 1.0  # [ours]
+    lambda_nbhd: float = 1.0  # [ours]
+    delta: float = 1.0  # target distance scale [ours]
+    normalize_student: bool = True  # [ours]
+    normalize_teacher: bool = True  # [ours]
+    ema_momentum: float = 0.999  # [ours, following STML]
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    head_lr: Optional[float] = None  # embedding head learning rate [None = lr]
+    proxy_lr: Optional[float] = None  # proxy learning rate, no weight decay [None = lr]
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | none
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 90
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    deterministic: bool = False
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[float] = None  # for smoke runs: a fraction (<= 1.0) or a number of batches
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    every_n_epochs: int = 1
+    before_training: bool = True
+    backend: str = "auto"  # auto | faiss | torch
+    normalize: bool = True  # L2-normalise before search (Euclidean on unit vectors = cosine ranking)
+    map_r: bool = True
+    nmi: bool = True
+    memory_budget_mb: float = 512.0
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    wandb: bool = False
+    # auto: online when a W&B API key is configured (WANDB_API_KEY or netrc), else offline; never blocks without one
+    wandb_mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "plm-lightning"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    dir: Optional[str] = None  # None = runs/<data.name>-<timestamp>
+    seed: int = 0
+    name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,87 @@
+"""Semantic checks of a merged config: every value that would fail later fails here, before any work starts."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from plm_lightning.config.loading import ConfigError
+from plm_lightning.data.registry import DATASETS
+from plm_lightning.models.backbones import BACKBONES
+from plm_lightning.models.head import POOLINGS
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+CHOICES = {
+    "data.name": tuple(DATASETS),
+    "model.backbone": tuple(BACKBONES),
+    "model.pooling": POOLINGS,
+    "optim.name": ("adamw", "adam", "sgd"),
+    "optim.scheduler": ("cosine", "none"),
+    "trainer.precision": PRECISIONS,
+    "eval.backend": ("auto", "faiss", "torch"),
+    "logger.wandb_mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def _get(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _require(condition: bool, key: str, value, expectation: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid value for config key '{key}': {value!r} ({expectation})")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"invalid value for config key '{key}': {value!r} is not one of "
+                              f"{', '.join(map(str, allowed))}{hint}")
+
+    positive = ["data.image_size", "data.resize", "data.batch_size", "data.neighbours_per_seed",
+                "data.refresh_every", "data.eval_batch_size", "model.embedding_dim", "model.width",
+                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "optim.lr",
+                "trainer.max_epochs", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
+                "eval.every_n_epochs", "eval.memory_budget_mb"]
+    for key in positive:
+        value = _get(cfg, key)
+        _require(value > 0, key, value, "must be positive")
+    for key in ("optim.head_lr", "optim.proxy_lr", "method.max_candidates", "method.proxy_neighbours"):
+        value = _get(cfg, key)
+        _require(value is None or value > 0, key, value, "must be positive or null")
+    for key in ("method.n_beta", "method.num_proxies", "method.lambda_proxy", "method.lambda_nbhd",
+                "optim.weight_decay", "optim.warmup_epochs", "data.num_workers"):
+        value = _get(cfg, key)
+        _require(value >= 0, key, value, "must be non-negative")
+    m = cfg.method.ema_momentum
+    _require(0 <= m < 1, "method.ema_momentum", m, "must be in [0, 1)")
+    f = cfg.data.train_class_fraction
+    _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
+    ltb = cfg.trainer.limit_train_batches
+    _require(ltb is None or ltb > 0, "trainer.limit_train_batches", ltb, "must be positive or null")
+    _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,
+             f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}")
+
+    b, k = cfg.data.batch_size, cfg.data.neighbours_per_seed
+    _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
+    _require(b >= 2, "data.batch_size", b, "a batch needs at least 2 images to form pairs")
+    ks = list(cfg.eval.ks)
+    _require(len(ks) > 0 and all(int(x) > 0 for x in ks), "eval.ks", ks, "a non-empty list of positive integers")
+    _require(ks == sorted(set(ks)), "eval.ks", ks, "must be increasing without repeats")
+
+    dataset = DATASETS[cfg.data.name]
+    if dataset.needs_root:
+        root = cfg.data.root
+        _require(root is not None, "data.root", root, f"dataset '{cfg.data.name}' needs its folder")
+        _require(Path(root).expanduser().is_dir(), "data.root", root, "folder does not exist")
+    spec = BACKBONES[cfg.model.backbone]
+    if cfg.model.pretrained and not spec.pretrainable:
+        raise ConfigError(f"invalid value for config key 'model.pretrained': true ('{cfg.model.backbone}' has no "
+                          f"pretrained weights; set model.pretrained=false)")

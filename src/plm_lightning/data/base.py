@@ -1,0 +1,44 @@
+"""What every retrieval dataset provides: (image, label, index) items and a few facts the transforms need."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+
+class RetrievalDataset(Dataset):
+    """A class-disjoint split of a retrieval dataset. Items are (image, label, dataset index).
+
+    Subclasses set ``labels`` (a LongTensor, one per item) and implement ``load(i)``. Labels are read by evaluation
+    and diagnostics only; nothing that changes the weights sees them.
+    """
+
+    name: str = ""
+    needs_root: bool = True  # False for datasets that ship with a package (digits)
+    channels: int = 3
+    # "natural": random resized crop + horizontal flip (PROTOCOLS.md §3); "digits": small affine jitter, no flip.
+    augmentation: str = "natural"
+
+    def __init__(self, split: str, transform: Optional[Callable[[Any], torch.Tensor]] = None):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.split = split
+        self.transform = transform
+        self.labels = torch.empty(0, dtype=torch.long)
+
+    def load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.load(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index]), index
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.unique().numel())

@@ -1,0 +1,126 @@
+"""The composition root: builds the DataModule, LightningModule, callbacks, loggers and Trainer of a run from its
+validated config, and runs it. Entry points (cli/) call into here and hold no logic of their own."""
+from __future__ import annotations
+
+import netrc
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from plm_lightning.callbacks import RetrievalEvaluation
+from plm_lightning.config.loading import to_yaml
+from plm_lightning.data import DATASETS
+from plm_lightning.data.datamodule import RetrievalDataModule
+from plm_lightning.models.plm_module import PLMModule
+from plm_lightning.models.head import backbone_input_channels
+from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
+from plm_lightning.utils.io import atomic_write_text
+
+# Child processes of Lightning's DDP launcher re-execute the command line; they find the run directory that the
+# parent chose here instead of inventing their own timestamp.
+RUN_DIR_ENV = "PLM_RUN_DIR"
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir).expanduser().resolve()
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = cfg.run.name or cfg.data.name
+    path = (Path("runs") / f"{name}-{stamp}").resolve()
+    os.environ[RUN_DIR_ENV] = str(path)
+    return path
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """'online' only when an API key is configured, so that a machine without W&B credentials or network never
+    blocks on a login; WANDB_MODE in the environment wins, as in wandb itself."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if cfg.logger.wandb_mode != "auto":
+        return cfg.logger.wandb_mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        if netrc.netrc().authenticators(host):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    if cfg.logger.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = wandb_mode(cfg)
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity,
+                             name=cfg.logger.name or cfg.run.name or run_dir.name, save_dir=str(run_dir),
+                             tags=list(cfg.logger.tags), mode=mode, id=run_id,
+                             resume="allow" if run_id else None)
+        loggers.append(logger)
+    return loggers
+
+
+def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, RetrievalEvaluation, Path]:
+    run_dir = resolve_run_dir(cfg)
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].channels)
+    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels, seed=cfg.run.seed)
+    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    module = PLMModule(container, in_channels=channels)
+    evaluation = RetrievalEvaluation(
+        cfg.eval.ks, every_n_epochs=cfg.eval.every_n_epochs, before_training=cfg.eval.before_training,
+        backend=cfg.eval.backend, normalize=cfg.eval.normalize, map_r=cfg.eval.map_r, nmi=cfg.eval.nmi,
+        memory_budget_mb=cfg.eval.memory_budget_mb, seed=cfg.run.seed, run_dir=str(run_dir))
+    checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
+                                 monitor="val/R@1", mode="max", save_last=True, save_top_k=1,
+                                 auto_insert_metric_name=False, every_n_epochs=cfg.eval.every_n_epochs,
+                                 save_on_train_epoch_end=True)
+    loggers = build_loggers(cfg, run_dir)
+    callbacks = [evaluation, checkpoint]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    t = cfg.trainer
+    world = t.devices * t.num_nodes
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, precision=t.precision, strategy="ddp" if world > 1 else "auto",
+        deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
+        # The nearest-neighbour batch sampler shards batches by rank itself; evaluation uses no Lightning loop.
+        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+        logger=loggers if loggers else False, callbacks=callbacks, plugins=[SafeCheckpointIO()],
+    )
+    return trainer, module, datamodule, evaluation, run_dir
+
+
+@rank_zero_only
+def _write_config(cfg: DictConfig, run_dir: Path) -> None:
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one run; returns the metrics summary written to ``run.dir/metrics.json``."""
+    trainer, module, datamodule, evaluation, run_dir = build(cfg)
+    _write_config(cfg, run_dir)
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            # Persist the run id so that a restarted job continues the same W&B run (never the API key).
+            atomic_write_text(run_dir / "wandb_id.txt", str(logger.version) + "\n")
+    trainer.fit(module, datamodule=datamodule)
+    return evaluation.summary()

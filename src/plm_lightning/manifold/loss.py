@@ -1,0 +1,89 @@
+"""The PLM loss: student distances regressed onto scaled dissimilarities (METHOD.md, "Loss").
+
+    L = L_point + lambda_proxy * L_proxy + lambda_nbhd * L_nbhd
+    L_point = mean_{i != j} (delta (1 - s(i, j)) - ||z_i - z_j||)^2           (no gradient through s)
+    L_proxy = mean_{i, k} (delta (1 - s(i, k)) - ||z_i - rho_k||)^2           (rho detached: moves the network)
+    L_nbhd  = mean_k mean_{q most similar i} ||(I - V_k V_k^T)(x_i - rho_k)||^2  (x detached: moves the proxies)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from plm_lightning.manifold.proxies import ProxyManifold
+from plm_lightning.manifold.similarity import PLMSimilarity
+
+# Squared distances below this are clamped before the square root: the gradient of ||a - b|| is undefined at
+# a == b (identical images can share a batch), and the clamp keeps it finite.
+_EPS = 1e-12
+
+
+def cdist_safe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances with a finite gradient everywhere (torch.cdist's backward is NaN at zero distance)."""
+    d2 = (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+    return d2.clamp_min(_EPS).sqrt()
+
+
+def point_loss(z: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    b = z.shape[0]
+    if b < 2:
+        return z.sum() * 0
+    off_diag = ~torch.eye(b, dtype=torch.bool, device=z.device)
+    residual = delta * (1 - s.detach()) - cdist_safe(z, z)
+    return residual[off_diag].pow(2).mean()
+
+
+def proxy_loss(z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    residual = delta * (1 - s.detach()) - cdist_safe(z, proxy_points.detach())
+    return residual.pow(2).mean()
+
+
+def neighbourhood_loss(x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Tensor, proxy_bases: torch.Tensor,
+                       num_neighbours: int) -> torch.Tensor:
+    """Squared residual of each proxy's q most similar (detached) batch points from its affine piece."""
+    q = min(num_neighbours, x.shape[0])
+    nearest = s.detach().topk(q, dim=0).indices.T  # K x q, the most similar batch points of each proxy
+    offsets = x.detach()[nearest] - proxy_points.unsqueeze(1)  # K x q x d
+    in_plane = torch.einsum("kqd,kdm->kqm", offsets, proxy_bases)
+    residual2 = offsets.pow(2).sum(-1) - in_plane.pow(2).sum(-1)
+    return residual2.clamp_min(0).mean()
+
+
+@dataclass
+class PLMLoss:
+    """Composes pieces, similarities and the three loss terms for one batch."""
+
+    similarity: PLMSimilarity
+    delta: float = 1.0
+    lambda_proxy: float = 1.0
+    lambda_nbhd: float = 1.0
+    proxy_neighbours: int = 5
+    normalize_student: bool = True
+    normalize_teacher: bool = True
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor, proxies: ProxyManifold | None = None) -> dict[str, torch.Tensor]:
+        """z: student embeddings (B x d, with grad); x: teacher embeddings (B x d, no grad).
+        Returns a dict with "loss" (the total) and the individual terms plus diagnostics, all scalars except "s"."""
+        z = z.float()
+        x = x.detach().float()
+        if self.normalize_student:
+            z = F.normalize(z, dim=1)
+        if self.normalize_teacher:
+            x = F.normalize(x, dim=1)
+        pieces = self.similarity.fit(x)
+        s = self.similarity.pairwise(x, pieces)
+        out = {"loss_point": point_loss(z, s, self.delta), "s": s}
+        total = out["loss_point"]
+        if proxies is not None and len(proxies) > 0:
+            bases = proxies.bases()
+            s_proxy = self.similarity.to_proxies(x, pieces, proxies.points.detach(), bases.detach())
+            out["loss_proxy"] = proxy_loss(z, proxies.points, s_proxy, self.delta)
+            out["loss_nbhd"] = neighbourhood_loss(x, s_proxy, proxies.points, bases, self.proxy_neighbours)
+            total = total + self.lambda_proxy * out["loss_proxy"] + self.lambda_nbhd * out["loss_nbhd"]
+            out["s_proxy_mean"] = s_proxy.mean()
+        out["loss"] = total
+        out["piece_dim_mean"] = pieces.dims.float().mean()
+        out["neighbourhood_size_mean"] = pieces.members.sum(1).float().mean()
+        return out

@@ -1,0 +1,54 @@
+"""Pooling + linear embedding head (PROTOCOLS.md §3: global average + global max pooling, summed, then a linear
+layer with orthogonal initialisation)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plm_lightning.models.backbones import BACKBONES
+
+POOLINGS = ("avg", "max", "avg+max")
+
+
+class EmbeddingHead(nn.Module):
+    def __init__(self, in_channels: int, embedding_dim: int, pooling: str = "avg+max"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.linear = nn.Linear(in_channels, embedding_dim)
+        nn.init.orthogonal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "avg":
+            pooled = features.mean(dim=(2, 3))
+        elif self.pooling == "max":
+            pooled = features.amax(dim=(2, 3))
+        else:
+            pooled = features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
+        return self.linear(pooled)
+
+
+class Embedder(nn.Module):
+    """Backbone + head: images -> unnormalised embeddings. The loss and the evaluation normalise."""
+
+    def __init__(self, backbone: nn.Module, head: EmbeddingHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def backbone_input_channels(backbone: str, dataset_channels: int) -> int:
+    spec = BACKBONES[backbone]
+    return spec.input_channels or dataset_channels
+
+
+def build_embedder(backbone: str, *, embedding_dim: int, pooling: str, pretrained: bool, in_channels: int,
+                   width: int = 64) -> Embedder:
+    spec = BACKBONES[backbone]
+    net = spec.build(pretrained=pretrained, in_channels=in_channels, width=width)
+    return Embedder(net, EmbeddingHead(spec.out_channels(width), embedding_dim, pooling))

@@ -1,0 +1,153 @@
+"""The LightningModule: composes the student embedder, its EMA teacher, the proxy manifold and the PLM loss.
+
+One training step (ARCHITECTURE.md): images -> student embeddings z and teacher embeddings x -> pieces of x ->
+similarities (point-point, point-proxy) -> loss -> optimiser step -> EMA update of the teacher. Once per epoch (or
+every ``data.refresh_every`` epochs) the teacher embeds the whole training split and the nearest-neighbour batch
+sampler is rebuilt from it. Labels never reach this module's loss. It holds no evaluation logic (callbacks do).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from plm_lightning.data.datamodule import RetrievalDataModule
+from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold, ema_update_, make_teacher
+from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
+from plm_lightning.models.head import build_embedder
+from plm_lightning.retrieval import knn_search
+
+
+def derived_method_values(cfg: DictConfig) -> dict[str, int]:
+    """Method knobs whose default depends on other knobs (METHOD.md: M = 2k, q = k)."""
+    k = cfg.data.neighbours_per_seed
+    return {
+        "max_candidates": cfg.method.max_candidates if cfg.method.max_candidates is not None else 2 * k,
+        "proxy_neighbours": cfg.method.proxy_neighbours if cfg.method.proxy_neighbours is not None else k,
+    }
+
+
+class PLMModule(L.LightningModule):
+    def __init__(self, config: dict[str, Any], in_channels: int):
+        super().__init__()
+        # A plain dict of primitives, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config, "in_channels": in_channels})
+        cfg = OmegaConf.create(config)
+        self.cfg = cfg
+        m = cfg.model
+        self.student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling,
+                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width)
+        self.teacher = make_teacher(self.student)
+        me = cfg.method
+        derived = derived_method_values(cfg)
+        self.proxies = ProxyManifold(me.num_proxies, m.embedding_dim, me.piece_dim) if me.num_proxies > 0 else None
+        similarity = PLMSimilarity(n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
+                                   max_candidates=derived["max_candidates"], tau=me.tau,
+                                   subset_selection=me.subset_selection)
+        self.criterion = PLMLoss(similarity, delta=me.delta, lambda_proxy=me.lambda_proxy,
+                                 lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
+                                 normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher always uses its averaged batch-norm statistics
+        return self
+
+    # --- nearest-neighbour batches -------------------------------------------------------------------------------
+    def _autocast(self):
+        return self.trainer.precision_plugin.forward_context()
+
+    @torch.no_grad()
+    def teacher_embeddings(self, datamodule: RetrievalDataModule) -> torch.Tensor:
+        """Teacher embeddings of the whole training split (eval transform), in dataset order, on every rank."""
+        loader = datamodule.train_embedding_dataloader()
+        idx, emb, lab = embed_loader(self.teacher, loader, self.device, self._autocast)
+        idx, emb, _ = gather_by_index(self.all_gather, self.trainer.world_size, idx, emb, lab)
+        if idx.numel() != len(datamodule.train_eval_set):
+            raise RuntimeError(f"teacher pass gathered {idx.numel()} of {len(datamodule.train_eval_set)} images")
+        return F.normalize(emb, dim=1) if self.cfg.method.normalize_teacher else emb
+
+    @torch.no_grad()
+    def refresh_neighbours(self, datamodule: RetrievalDataModule) -> None:
+        emb = self.teacher_embeddings(datamodule)
+        k = self.cfg.data.neighbours_per_seed
+        n = emb.shape[0]
+        if k > 1:
+            _, nearest = knn_search(emb, emb, k - 1, exclude_self=True, backend=self.cfg.eval.backend)
+            table = torch.cat([torch.arange(n).unsqueeze(1), nearest.cpu()], dim=1)
+        else:
+            table = torch.arange(n).unsqueeze(1)
+        datamodule.batch_sampler.set_neighbours(table)
+        if self.proxies is not None and not bool(self.proxies.initialized):
+            # Same seed on every rank and identical gathered embeddings: identical proxies everywhere.
+            generator = torch.Generator().manual_seed(self.cfg.run.seed)
+            self.proxies.initialise_(emb.to(self.device), table.to(self.device), generator)
+
+    def on_train_epoch_start(self) -> None:
+        datamodule: RetrievalDataModule = self.trainer.datamodule
+        epoch = self.trainer.current_epoch
+        sampler = datamodule.batch_sampler
+        if sampler.neighbours is None or epoch % self.cfg.data.refresh_every == 0:
+            self.refresh_neighbours(datamodule)
+        # Lightning calls set_epoch on samplers, not on custom batch samplers: the order depends on it.
+        sampler.set_epoch(epoch)
+
+    # --- training ------------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
+        z = self.student(images)
+        with torch.no_grad():
+            x = self.teacher(images)
+        out = self.criterion(z, x, self.proxies)
+        b = images.shape[0]
+        logs = {f"train/{k}": v for k, v in out.items() if k != "s" and v.dim() == 0}
+        logs["train/s_mean"] = out["s"].mean()
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=b)
+        self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        ema_update_(self.teacher, self.student, self.cfg.method.ema_momentum)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        head_lr = o.head_lr if o.head_lr is not None else o.lr
+        groups = [
+            {"params": list(self.student.backbone.parameters()), "lr": o.lr, "weight_decay": o.weight_decay,
+             "name": "backbone"},
+            {"params": list(self.student.head.parameters()), "lr": head_lr, "weight_decay": o.weight_decay,
+             "name": "head"},
+        ]
+        if self.proxies is not None:
+            groups.append({"params": list(self.proxies.parameters()),
+                           "lr": o.proxy_lr if o.proxy_lr is not None else o.lr, "weight_decay": 0.0,
+                           "name": "proxies"})
+        if o.name == "adamw":
+            optimizer = torch.optim.AdamW(groups)
+        elif o.name == "adam":
+            optimizer = torch.optim.Adam(groups)
+        else:
+            optimizer = torch.optim.SGD(groups, momentum=o.momentum)
+        if o.scheduler == "none" and o.warmup_epochs == 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        warmup = o.warmup_epochs * per_epoch
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if o.scheduler == "none":
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,19 @@
+"""Exact nearest-neighbour retrieval and the metric-learning evaluation protocol.
+
+Independent of Lightning: plain torch (faiss optional).
+"""
+
+from .evaluate import evaluate_embeddings, format_recall_table
+from .metrics import map_at_r, nmi, r_precision, recall_at_k
+from .search import faiss_available, knn_search
+
+__all__ = [
+    "evaluate_embeddings",
+    "faiss_available",
+    "format_recall_table",
+    "knn_search",
+    "map_at_r",
+    "nmi",
+    "r_precision",
+    "recall_at_k",
+]

@@ -1,0 +1,85 @@
+"""The typed config: bundled configs, the three override formats, and one-line errors for bad input."""
+import pytest
+import yaml
+
+from plm_lightning.config import ConfigError, load_config, parse_overrides
+from plm_lightning.config.loading import bundled_configs
+
+
+def test_every_bundled_config_loads():
+    assert "digits.yaml" in bundled_configs()
+    for name in bundled_configs():
+        if name == "digits.yaml":
+            cfg = load_config(name)
+            assert cfg.data.name == "digits"
+
+
+@pytest.mark.parametrize("args", [
+    ["optim.lr=0.5", "method.tau=0.25"],
+    ["--optim.lr=0.5", "--method.tau=0.25"],
+    ["--optim.lr", "0.5", "--method.tau", "0.25"],
+    ["--optim.lr", "0.5", "method.tau=0.25"],
+])
+def test_override_formats_are_equivalent(args):
+    cfg = load_config("digits.yaml", args)
+    assert cfg.optim.lr == 0.5 and cfg.method.tau == 0.25
+
+
+def test_wandb_agent_values():
+    # The W&B agent writes Python str() values: None, True, 1e-05, [1, 2].
+    cfg = load_config("digits", ["--method.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05",
+                                 "--eval.ks=[1, 2]"])
+    assert cfg.method.max_candidates is None
+    assert cfg.data.augment is False
+    assert cfg.optim.lr == pytest.approx(1e-5)
+    assert list(cfg.eval.ks) == [1, 2]
+
+
+def test_yaml_file_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"data": {"name": "digits"}, "model": {"backbone": "small_cnn",
+                                    "pretrained": False}, "optim": {"lr": 0.01}}))
+    assert load_config(str(path)).optim.lr == 0.01
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["optim.lrr=0.1"], "'optim.lrr'"),
+    (["optim.lr=abc"], "'optim.lr'"),
+    (["optim.lr=-1"], "'optim.lr'"),
+    (["data.batch_size=61"], "divisible by data.neighbours_per_seed"),
+    (["data.name=digitz"], "did you mean 'digits'"),
+    (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
+    (["trainer.precision=fp8"], "'trainer.precision'"),
+    (["method.ema_momentum=1.0"], "'method.ema_momentum'"),
+    (["eval.ks=[4, 1]"], "'eval.ks'"),
+    (["model.pretrained=true"], "'model.pretrained'"),
+    (["--optim.lr"], "has no value"),
+    (["lr"], "cannot parse override"),
+])
+def test_bad_values_give_one_line_errors(args, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config("digits.yaml", args)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_key_suggests_the_close_match():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*did you mean 'optim.lr'"):
+        load_config("digits.yaml", ["optim.lrr=0.1"])
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method:\n  n_alfa: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.n_alfa' \(in .*bad.yaml\).*method.n_alpha"):
+        load_config(str(path))
+
+
+def test_missing_config_file_suggests_bundled():
+    with pytest.raises(ConfigError, match="did you mean 'digits.yaml'"):
+        load_config("digitz.yaml")
+
+
+def test_parse_overrides_none_and_forms():
+    assert parse_overrides(["a.b=None", "--c.d", "3", "--e=f"]) == ["a.b=null", "c.d=3", "e=f"]
