@@ -1,0 +1,70 @@
+"""plm-fit end to end on the embedded digits, as a user runs it (a subprocess, the real config, small overrides)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+METRIC_KEYS = {"R@1", "R@2", "R@4", "R@8", "MAP@R", "R-precision", "NMI"}
+
+
+def run_fit(*args, cwd=None, env_extra=None):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("WANDB_API_KEY", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_unknown_key_exits_2_with_one_line_naming_the_key(tmp_path):
+    result = run_fit("--config", "digits.yaml", "optim.lrr=0.1", f"run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optim.lrr" in lines[0] and "'optim.lr'" in lines[0]
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_print_config_from_another_folder(tmp_path):
+    result = run_fit("--config", "digits", "--print-config", "--optim.lr", "0.25", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.25" in result.stdout and "name: digits" in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_fit_on_digits_writes_the_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_fit("--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=2",
+                     "trainer.limit_train_batches=3", "logger.wandb=true", "method.num_proxies=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for part in ("initial", "final", "best"):
+        assert set(metrics[part]) == METRIC_KEYS
+        assert all(0.0 <= v <= 100.0 for v in metrics[part].values())
+    assert metrics["best_epoch"] in (0, 1)
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert metrics["best"]["R@1"] == max(h["R@1"] for h in metrics["history"])
+    assert metrics["final"]["R@1"] == metrics["history"][-1]["R@1"]
+    assert metrics["initial"]["R@1"] > 50  # an untrained CNN already separates digits far above chance (~20%)
+
+    assert "name: digits" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no code
+    state = ckpt["state_dict"]
+    assert any(k.startswith("teacher.") for k in state) and "proxies.points" in state
+
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = [float(r["val/R@1_best"]) for r in rows if r.get("val/R@1_best")]
+    assert logged[-1] == pytest.approx(metrics["best"]["R@1"])
+    assert any(r.get("train/loss_point_step") for r in rows)
+
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run files missing"
+    assert "R@1" in result.stdout and "initial" in result.stdout  # the final Recall@K table
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]  # no half-written files

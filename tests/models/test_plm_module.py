@@ -1,0 +1,36 @@
+"""The LightningModule: labels never reach the loss; the teacher stays frozen and in eval mode; EMA moves it."""
+import torch
+
+from plm_lightning.config import load_config
+from plm_lightning.models.plm_module import PLMModule
+from omegaconf import OmegaConf
+
+
+def make_module(**overrides):
+    cfg = load_config("digits.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    return PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=1)
+
+
+def test_labels_do_not_change_the_loss():
+    torch.manual_seed(0)
+    module = make_module(**{"method.num_proxies": 0})
+    images = torch.randn(10, 1, 16, 16)
+    labels = torch.arange(10) % 5
+    a = module.training_step((images, labels, torch.arange(10)), 0)
+    b = module.training_step((images, labels.flip(0), torch.arange(10)), 0)
+    assert torch.equal(a, b)
+
+
+def test_teacher_is_frozen_eval_and_follows_by_ema():
+    module = make_module()
+    module.train()
+    assert module.student.training and not module.teacher.training
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    with torch.no_grad():
+        for p in module.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in module.teacher.parameters()]
+    module.on_train_batch_end(None, None, 0)
+    m = module.cfg.method.ema_momentum
+    for b, t, s in zip(before, module.teacher.parameters(), module.student.parameters()):
+        assert torch.allclose(t, m * b + (1 - m) * s)
