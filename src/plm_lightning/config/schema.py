@@ -35,6 +35,8 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
+    # The similarity estimator: plm | gaussian | knn | kmeans (the last three are baselines / ablations)
+    similarity: str = "plm"
     # Similarity: s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta  [paper form; ours: 4, 1 from the paper's ablation]
     n_alpha: float = 4.0
     n_beta: float = 1.0
@@ -42,6 +44,10 @@ class MethodConfig:
     max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
     tau: float = 0.5  # greedy acceptance threshold on the relative residual [ours]
     subset_selection: bool = True  # False = "no subset selection" ablation
+    binary_threshold: Optional[float] = None  # "binary similarity" ablation: s -> 1[s >= threshold]
+    gaussian_sigma: float = 3.0  # gaussian: s = exp(-||x_i - x_j||^2 / sigma) [STML's kernel width]
+    knn_k: Optional[int] = None  # knn: neighbours per point [None = neighbours_per_seed]
+    kmeans_clusters: Optional[int] = None  # kmeans: clusters per batch [None = batch_size / neighbours_per_seed]
     num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
     proxy_neighbours: Optional[int] = None  # q for L_nbhd [ours: None = neighbours_per_seed]
     lambda_proxy: float = 1.0  # [ours]

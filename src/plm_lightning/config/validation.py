@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from plm_lightning.config.loading import ConfigError
 from plm_lightning.data.registry import DATASETS
+from plm_lightning.manifold.estimators import ESTIMATORS
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import POOLINGS
 
@@ -15,6 +16,7 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 CHOICES = {
     "data.name": tuple(DATASETS),
     "model.backbone": tuple(BACKBONES),
+    "method.similarity": ESTIMATORS,
     "model.pooling": POOLINGS,
     "optim.name": ("adamw", "adam", "sgd"),
     "optim.scheduler": ("cosine", "none"),
@@ -47,13 +49,14 @@ def validate_config(cfg: DictConfig) -> None:
 
     positive = ["data.image_size", "data.resize", "data.batch_size", "data.neighbours_per_seed",
                 "data.refresh_every", "data.eval_batch_size", "model.embedding_dim", "model.width",
-                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "optim.lr",
+                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "method.gaussian_sigma", "optim.lr",
                 "trainer.max_epochs", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
                 "eval.every_n_epochs", "eval.memory_budget_mb"]
     for key in positive:
         value = _get(cfg, key)
         _require(value > 0, key, value, "must be positive")
-    for key in ("optim.head_lr", "optim.proxy_lr", "method.max_candidates", "method.proxy_neighbours"):
+    for key in ("optim.head_lr", "optim.proxy_lr", "method.max_candidates", "method.proxy_neighbours",
+                "method.knn_k", "method.kmeans_clusters"):
         value = _get(cfg, key)
         _require(value is None or value > 0, key, value, "must be positive or null")
     for key in ("method.n_beta", "method.num_proxies", "method.lambda_proxy", "method.lambda_nbhd",
@@ -62,6 +65,8 @@ def validate_config(cfg: DictConfig) -> None:
         _require(value >= 0, key, value, "must be non-negative")
     m = cfg.method.ema_momentum
     _require(0 <= m < 1, "method.ema_momentum", m, "must be in [0, 1)")
+    t = cfg.method.binary_threshold
+    _require(t is None or 0 < t <= 1, "method.binary_threshold", t, "must be in (0, 1] or null")
     f = cfg.data.train_class_fraction
     _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
     ltb = cfg.trainer.limit_train_batches

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from plm_lightning.manifold.proxies import ProxyManifold
-from plm_lightning.manifold.similarity import PLMSimilarity
+from plm_lightning.manifold.similarity import SimilarityResult
 
 # Squared distances below this are clamped before the square root: the gradient of ||a - b|| is undefined at
 # a == b (identical images can share a batch), and the clamp keeps it finite.
@@ -44,7 +45,8 @@ def neighbourhood_loss(x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Ten
                        num_neighbours: int) -> torch.Tensor:
     """Squared residual of each proxy's q most similar (detached) batch points from its affine piece."""
     q = min(num_neighbours, x.shape[0])
-    nearest = s.detach().topk(q, dim=0).indices.T  # K x q, the most similar batch points of each proxy
+    # K x q, the most similar batch points of each proxy (ties: lower batch index first, deterministic)
+    nearest = torch.sort(s.detach(), dim=0, descending=True, stable=True).indices[:q].T
     offsets = x.detach()[nearest] - proxy_points.unsqueeze(1)  # K x q x d
     in_plane = torch.einsum("kqd,kdm->kqm", offsets, proxy_bases)
     residual2 = offsets.pow(2).sum(-1) - in_plane.pow(2).sum(-1)
@@ -53,9 +55,9 @@ def neighbourhood_loss(x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Ten
 
 @dataclass
 class PLMLoss:
-    """Composes pieces, similarities and the three loss terms for one batch."""
+    """Composes a similarity estimator (PLM or an ablation) with the three loss terms for one batch."""
 
-    similarity: PLMSimilarity
+    similarity: Callable[..., SimilarityResult]
     delta: float = 1.0
     lambda_proxy: float = 1.0
     lambda_nbhd: float = 1.0
@@ -72,18 +74,17 @@ class PLMLoss:
             z = F.normalize(z, dim=1)
         if self.normalize_teacher:
             x = F.normalize(x, dim=1)
-        pieces = self.similarity.fit(x)
-        s = self.similarity.pairwise(x, pieces)
-        out = {"loss_point": point_loss(z, s, self.delta), "s": s}
+        has_proxies = proxies is not None and len(proxies) > 0
+        bases = proxies.bases() if has_proxies else None
+        sim = self.similarity(x, proxies.points.detach() if has_proxies else None,
+                              bases.detach() if has_proxies else None)
+        out = {"loss_point": point_loss(z, sim.s, self.delta), "s": sim.s}
         total = out["loss_point"]
-        if proxies is not None and len(proxies) > 0:
-            bases = proxies.bases()
-            s_proxy = self.similarity.to_proxies(x, pieces, proxies.points.detach(), bases.detach())
-            out["loss_proxy"] = proxy_loss(z, proxies.points, s_proxy, self.delta)
-            out["loss_nbhd"] = neighbourhood_loss(x, s_proxy, proxies.points, bases, self.proxy_neighbours)
+        if has_proxies:
+            out["loss_proxy"] = proxy_loss(z, proxies.points, sim.s_proxy, self.delta)
+            out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, proxies.points, bases, self.proxy_neighbours)
             total = total + self.lambda_proxy * out["loss_proxy"] + self.lambda_nbhd * out["loss_nbhd"]
-            out["s_proxy_mean"] = s_proxy.mean()
+            out["s_proxy"] = sim.s_proxy
         out["loss"] = total
-        out["piece_dim_mean"] = pieces.dims.float().mean()
-        out["neighbourhood_size_mean"] = pieces.members.sum(1).float().mean()
+        out.update(sim.stats)
         return out

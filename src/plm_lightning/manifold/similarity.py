@@ -9,11 +9,22 @@ The similarity is a regression target: it is computed without gradient.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from plm_lightning.manifold.pieces import Pieces, fit_pieces
+
+
+@dataclass
+class SimilarityResult:
+    """What a similarity estimator returns for one batch: s (B x B), s to the proxies (B x K) when proxies were
+    given, and scalar diagnostics."""
+
+    s: torch.Tensor
+    s_proxy: Optional[torch.Tensor] = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def piece_distances(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +59,15 @@ class PLMSimilarity:
     max_candidates: int = 10
     tau: float = 0.5
     subset_selection: bool = True
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None,
+                 proxy_bases: Optional[torch.Tensor] = None) -> SimilarityResult:
+        pieces = self.fit(x)
+        s_proxy = None if proxy_points is None else self.to_proxies(x, pieces, proxy_points, proxy_bases)
+        stats = {"piece_dim_mean": pieces.dims.float().mean(),
+                 "neighbourhood_size_mean": pieces.members.sum(1).float().mean()}
+        return SimilarityResult(self.pairwise(x, pieces), s_proxy, stats)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Pieces:

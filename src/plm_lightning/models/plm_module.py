@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from plm_lightning.data.datamodule import RetrievalDataModule
-from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold, ema_update_, make_teacher
+from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
+from plm_lightning.manifold.estimators import build_estimator
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.models.head import build_embedder
 from plm_lightning.retrieval import knn_search
@@ -25,10 +26,27 @@ from plm_lightning.retrieval import knn_search
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
     """Method knobs whose default depends on other knobs (METHOD.md: M = 2k, q = k)."""
     k = cfg.data.neighbours_per_seed
+    me = cfg.method
+
+    def default(value, fallback):
+        return value if value is not None else fallback
+
     return {
-        "max_candidates": cfg.method.max_candidates if cfg.method.max_candidates is not None else 2 * k,
-        "proxy_neighbours": cfg.method.proxy_neighbours if cfg.method.proxy_neighbours is not None else k,
+        "max_candidates": default(me.max_candidates, 2 * k),
+        "proxy_neighbours": default(me.proxy_neighbours, k),
+        "knn_k": default(me.knn_k, k),
+        "kmeans_clusters": default(me.kmeans_clusters, cfg.data.batch_size // k),
     }
+
+
+def build_similarity(cfg: DictConfig):
+    """The similarity estimator that ``method.similarity`` (and the ablation knobs) name."""
+    me = cfg.method
+    d = derived_method_values(cfg)
+    return build_estimator(me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
+                           max_candidates=d["max_candidates"], tau=me.tau, subset_selection=me.subset_selection,
+                           gaussian_sigma=me.gaussian_sigma, knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"],
+                           seed=cfg.run.seed, binary_threshold=me.binary_threshold)
 
 
 class PLMModule(L.LightningModule):
@@ -45,10 +63,7 @@ class PLMModule(L.LightningModule):
         me = cfg.method
         derived = derived_method_values(cfg)
         self.proxies = ProxyManifold(me.num_proxies, m.embedding_dim, me.piece_dim) if me.num_proxies > 0 else None
-        similarity = PLMSimilarity(n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
-                                   max_candidates=derived["max_candidates"], tau=me.tau,
-                                   subset_selection=me.subset_selection)
-        self.criterion = PLMLoss(similarity, delta=me.delta, lambda_proxy=me.lambda_proxy,
+        self.criterion = PLMLoss(build_similarity(cfg), delta=me.delta, lambda_proxy=me.lambda_proxy,
                                  lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
                                  normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
 
@@ -109,6 +124,8 @@ class PLMModule(L.LightningModule):
         b = images.shape[0]
         logs = {f"train/{k}": v for k, v in out.items() if k != "s" and v.dim() == 0}
         logs["train/s_mean"] = out["s"].mean()
+        if "s_proxy" in out:
+            logs["train/s_proxy_mean"] = out["s_proxy"].mean()
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=b)
         self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
         return out["loss"]
