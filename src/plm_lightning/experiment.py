@@ -79,7 +79,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, RetrievalEvaluation, Path]:
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].channels)
+    channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
     datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels, seed=cfg.run.seed)
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     module = PLMModule(container, in_channels=channels)

@@ -10,8 +10,22 @@ from typing import List, Optional
 
 
 @dataclass
+class SyntheticConfig:
+    """Classes on curved low-dimensional manifolds with known geometry (data.name=synthetic)."""
+
+    num_classes: int = 20  # the first half trains, the second half is the zero-shot test split
+    points_per_class: int = 100
+    intrinsic_dim: int = 2  # dimension of each class manifold
+    ambient_dim: int = 32
+    curvature: float = 1.0  # 0 = flat (affine) pieces; larger = more curved
+    noise: float = 0.01  # isotropic Gaussian noise in the ambient space
+    separation: float = 1.0  # scale of the distances between class manifolds
+    seed: int = 0  # the data is a pure function of these values
+
+
+@dataclass
 class DataConfig:
-    name: str = "digits"  # digits | folder
+    name: str = "digits"  # digits | folder | synthetic
     root: Optional[str] = None  # dataset folder (not used by the embedded digits dataset)
     image_size: int = 227  # train crop / eval centre crop
     resize: int = 256  # eval resize before the centre crop
@@ -22,15 +36,16 @@ class DataConfig:
     num_workers: int = 0
     augment: bool = True
     train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "googlenet"  # small_cnn | googlenet | resnet50
+    backbone: str = "googlenet"  # small_cnn | mlp | googlenet | resnet50
     pretrained: bool = True  # ImageNet weights via torchvision's weights API (needs network once)
     embedding_dim: int = 128
     pooling: str = "avg+max"  # avg | max | avg+max (summed)
-    width: int = 64  # small_cnn: channels of the first block
+    width: int = 64  # small_cnn: channels of the first block; mlp: hidden units
 
 
 @dataclass

@@ -20,6 +20,16 @@ class RetrievalDataset(Dataset):
     # "natural": random resized crop + horizontal flip (PROTOCOLS.md §3); "digits": small affine jitter, no flip.
     augmentation: str = "natural"
 
+    @classmethod
+    def input_channels(cls, data_cfg) -> int:
+        """Channels (or, for vector data, features) of what the dataset yields under this data config."""
+        return cls.channels
+
+    @classmethod
+    def from_config(cls, split: str, transform, data_cfg) -> "RetrievalDataset":
+        """Build the split from the ``data`` config group (subclasses read their own keys)."""
+        return cls(split, transform=transform, root=data_cfg.root)
+
     def __init__(self, split: str, transform: Optional[Callable[[Any], torch.Tensor]] = None):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -47,11 +47,8 @@ class RetrievalDataModule(L.LightningDataModule):
         cls = self.dataset_cls
         transform = build_transform(augmentation=cls.augmentation, train=train_transform, augment=self.cfg.augment,
                                     image_size=self.cfg.image_size, resize=self.cfg.resize,
-                                    in_channels=cls.channels, out_channels=self.backbone_channels)
-        kwargs = {"root": self.cfg.root}
-        if cls.name == "folder":
-            kwargs["train_class_fraction"] = self.cfg.train_class_fraction
-        return cls(split, transform=transform, **kwargs)
+                                    in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels)
+        return cls.from_config(split, transform, self.cfg)
 
     @property
     def rank_and_world(self) -> tuple[int, int]:

@@ -16,6 +16,10 @@ class ImageFolderDataset(RetrievalDataset):
 
     name = "folder"
 
+    @classmethod
+    def from_config(cls, split, transform, data_cfg):
+        return cls(split, transform=transform, root=data_cfg.root, train_class_fraction=data_cfg.train_class_fraction)
+
     def __init__(self, split: str, transform=None, root=None, train_class_fraction: float = 0.5):
         super().__init__(split, transform)
         root_path = Path(root)

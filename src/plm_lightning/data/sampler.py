@@ -56,3 +56,15 @@ class NearestNeighbourBatchSampler(Sampler[list[int]]):
         batches = self.neighbours[seeds].reshape(self.global_batches, self.batch_size)
         for b in range(self.rank, len(self) * self.world_size, self.world_size):
             yield batches[b].tolist()
+
+
+def neighbour_table(embeddings: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor:
+    """N x k table of each point's k nearest neighbours (exact, ties by index), the point itself first."""
+    from plm_lightning.retrieval import knn_search
+
+    n = embeddings.shape[0]
+    own = torch.arange(n).unsqueeze(1)
+    if k <= 1:
+        return own
+    _, nearest = knn_search(embeddings, embeddings, k - 1, exclude_self=True, backend=backend)
+    return torch.cat([own, nearest.cpu()], dim=1)

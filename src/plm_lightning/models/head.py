@@ -21,6 +21,8 @@ class EmbeddingHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 2:  # vector backbones (mlp) have nothing to pool
+            return self.linear(features)
         if self.pooling == "avg":
             pooled = features.mean(dim=(2, 3))
         elif self.pooling == "max":

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from plm_lightning.data.datamodule import RetrievalDataModule
+from plm_lightning.data.sampler import neighbour_table
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
 from plm_lightning.manifold.estimators import build_estimator
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.models.head import build_embedder
-from plm_lightning.retrieval import knn_search
 
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
@@ -92,13 +92,7 @@ class PLMModule(L.LightningModule):
     @torch.no_grad()
     def refresh_neighbours(self, datamodule: RetrievalDataModule) -> None:
         emb = self.teacher_embeddings(datamodule)
-        k = self.cfg.data.neighbours_per_seed
-        n = emb.shape[0]
-        if k > 1:
-            _, nearest = knn_search(emb, emb, k - 1, exclude_self=True, backend=self.cfg.eval.backend)
-            table = torch.cat([torch.arange(n).unsqueeze(1), nearest.cpu()], dim=1)
-        else:
-            table = torch.arange(n).unsqueeze(1)
+        table = neighbour_table(emb, self.cfg.data.neighbours_per_seed, backend=self.cfg.eval.backend)
         datamodule.batch_sampler.set_neighbours(table)
         if self.proxies is not None and not bool(self.proxies.initialized):
             # Same seed on every rank and identical gathered embeddings: identical proxies everywhere.

@@ -1,0 +1,1 @@
+"""Analyses built on the method and data layers: the similarity-quality report (and the studies)."""
