@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.callbacks import RetrievalEvaluation
+from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor
 from plm_lightning.config.loading import to_yaml
 from plm_lightning.data import DATASETS
 from plm_lightning.data.datamodule import RetrievalDataModule
@@ -92,7 +92,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, R
                                  auto_insert_metric_name=False, every_n_epochs=cfg.eval.every_n_epochs,
                                  save_on_train_epoch_end=True)
     loggers = build_loggers(cfg, run_dir)
-    callbacks = [evaluation, checkpoint]
+    callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     t = cfg.trainer

@@ -1,4 +1,5 @@
 """Lightning callbacks: retrieval evaluation (and later diagnostics and plots)."""
 from plm_lightning.callbacks.retrieval_evaluation import RetrievalEvaluation
+from plm_lightning.callbacks.similarity_quality import SimilarityQualityMonitor
 
-__all__ = ["RetrievalEvaluation"]
+__all__ = ["RetrievalEvaluation", "SimilarityQualityMonitor"]

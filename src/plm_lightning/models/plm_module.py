@@ -109,7 +109,7 @@ class PLMModule(L.LightningModule):
         sampler.set_epoch(epoch)
 
     # --- training ------------------------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
         z = self.student(images)
         with torch.no_grad():
@@ -122,7 +122,8 @@ class PLMModule(L.LightningModule):
             logs["train/s_proxy_mean"] = out["s_proxy"].mean()
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=b)
         self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=b, logger=False)
-        return out["loss"]
+        # s goes out (detached) for diagnostics callbacks; the loss is what Lightning optimises.
+        return {"loss": out["loss"], "s": out["s"].detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         ema_update_(self.teacher, self.student, self.cfg.method.ema_momentum)

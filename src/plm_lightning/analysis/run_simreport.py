@@ -1,0 +1,43 @@
+"""The similarity-quality report as a whole: features -> NN batches -> each estimator -> JSON + histogram PNG."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig
+
+from plm_lightning.analysis.features import training_features
+from plm_lightning.analysis.plots import similarity_histograms
+from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+from plm_lightning.models.plm_module import derived_method_values
+from plm_lightning.manifold.estimators import build_estimator
+from plm_lightning.utils.io import atomic_write_text
+
+
+def estimators_from_config(cfg: DictConfig, names: Sequence[str]) -> dict[str, object]:
+    """Each named estimator with the config's knobs (the binary ablation applies to all when set)."""
+    me = cfg.method
+    d = derived_method_values(cfg)
+    return {name: build_estimator(name, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
+                                  max_candidates=d["max_candidates"], tau=me.tau,
+                                  subset_selection=me.subset_selection, gaussian_sigma=me.gaussian_sigma,
+                                  knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"], seed=cfg.run.seed,
+                                  binary_threshold=me.binary_threshold)
+            for name in names}
+
+
+def run_simreport(cfg: DictConfig, names: Sequence[str], *, features: str, ckpt: Optional[str], output: Path,
+                  max_batches: Optional[int] = None) -> dict[str, dict[str, float]]:
+    emb, labels = training_features(cfg, features, ckpt)
+    batches = nn_batches(emb, cfg.data.batch_size, cfg.data.neighbours_per_seed, seed=cfg.run.seed,
+                         max_batches=max_batches, backend=cfg.eval.backend)
+    report, values = similarity_report(emb, labels, estimators_from_config(cfg, names), batches,
+                                       purity_k=cfg.data.neighbours_per_seed, keep_values=True)
+    clean = {name: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in q.items()}
+             for name, q in report.items()}
+    atomic_write_text(output, json.dumps(clean, indent=2) + "\n")
+    similarity_histograms(values, report, output.with_suffix(".png"),
+                          title=f"{cfg.data.name}, {features} features, {len(batches)} NN batches")
+    return clean
