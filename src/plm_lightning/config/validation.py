@@ -82,6 +82,13 @@ def validate_config(cfg: DictConfig) -> None:
     _require(ks == sorted(set(ks)), "eval.ks", ks, "must be increasing without repeats")
 
     dataset = DATASETS[cfg.data.name]
+    if cfg.data.name == "synthetic":
+        from plm_lightning.data.synthetic import validate_synthetic_config
+
+        try:
+            validate_synthetic_config(cfg.data.synthetic)
+        except ValueError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
     if dataset.needs_root:
         root = cfg.data.root
         _require(root is not None, "data.root", root, f"dataset '{cfg.data.name}' needs its folder")

@@ -1,17 +1,44 @@
 """Train and eval transforms per dataset family and backbone (PROTOCOLS.md §3)."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Train-time augmentation of vector data: isotropic Gaussian jitter of this std (absolute, in data units; for the
+# synthetic manifolds, whose class pieces span [-1, 1] along each tangent direction, that is 0.5% of a piece's width
+# and equal to the default data.synthetic.noise).
+VECTOR_JITTER_STD = 0.01
+
+
+class VectorTransform:
+    """Vectors are already features: cast to a float32 tensor and, for training with augmentation, add Gaussian
+    jitter of std ``jitter_std`` (from torch's global generator, which Lightning seeds per worker). A class rather
+    than a lambda, so DataLoader workers can pickle it."""
+
+    def __init__(self, jitter_std: float = 0.0):
+        self.jitter_std = float(jitter_std)
+
+    def __call__(self, vector: Any) -> torch.Tensor:
+        x = torch.as_tensor(vector, dtype=torch.float32)
+        if self.jitter_std > 0:
+            x = x + self.jitter_std * torch.randn_like(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(jitter_std={self.jitter_std})"
 
 
 def build_transform(*, augmentation: str, train: bool, augment: bool, image_size: int, resize: int,
-                    in_channels: int, out_channels: int) -> v2.Compose:
-    """augmentation: the dataset family ("natural" photographs or "digits").
-    in_channels: what the dataset yields (1 or 3); out_channels: what the backbone takes (1 or 3)."""
+                    in_channels: int, out_channels: int) -> Callable[[Any], torch.Tensor]:
+    """augmentation: the dataset family ("natural" photographs, "digits", or "vector" features).
+    in_channels: what the dataset yields (1 or 3); out_channels: what the backbone takes (1 or 3).
+    Vector data ignores the image arguments: no image ops, no Normalize, only VECTOR_JITTER_STD jitter in training."""
+    if augmentation == "vector":
+        return VectorTransform(VECTOR_JITTER_STD if train and augment else 0.0)
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if in_channels == 1 and out_channels == 3:
         steps.append(v2.RGB())

@@ -26,8 +26,8 @@ _RANK_EPS = 1e-10
 class Pieces:
     """Per-point linear pieces of a batch.
 
-    anchors:    B x d, the point each piece passes through (x_j).
-    bases:      B x d x m, orthonormal columns; directions that do not exist (rank < m) are zero columns.
+    anchors:    B x d, the point each piece passes through (x_j), float64.
+    bases:      B x d x m, float64, orthonormal columns; directions that do not exist (rank < m) are zero columns.
     members:    B x B boolean, members[j, l] = l is in the neighbourhood N_j.
     """
 
@@ -54,6 +54,10 @@ def _top_directions(gram: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Ten
     keep = evals > _RANK_EPS * scale.clamp_min(1e-300)
     keep &= evals > 0
     evals = torch.where(keep, evals, torch.zeros_like(evals))
+    missing = m - evals.shape[-1]
+    if missing > 0:  # fewer candidates than m: the extra directions are absent (zero eigenvalue, zero vector)
+        evals = torch.nn.functional.pad(evals, (0, missing))
+        evecs = torch.nn.functional.pad(evecs, (0, missing))
     return evals, evecs
 
 
@@ -86,7 +90,7 @@ def fit_pieces(
     xd = x.detach().to(torch.float64)
     m_cap = max(0, min(max_candidates, b - 1))
     if m_cap == 0 or piece_dim == 0:
-        return Pieces(anchors=x.detach(), bases=x.new_zeros(b, d, piece_dim),
+        return Pieces(anchors=xd, bases=xd.new_zeros(b, d, piece_dim),
                       members=torch.zeros(b, b, dtype=torch.bool, device=x.device))
 
     # Candidates: the other batch points by distance (ties by index), self excluded by index.
@@ -121,10 +125,27 @@ def fit_pieces(
     inv_sqrt = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
     # U = O^T V diag(l)^(-1/2), with masked-out offsets zeroed.
     bases = torch.einsum("bMd,bMm->bdm", offsets * mask[:, :, None], evecs) * inv_sqrt[:, None, :]
+    # A weak (small-eigenvalue) direction built through the Gram matrix is orthonormal only to ~1e-9; one QR pass
+    # restores it to machine precision. Valid directions are a prefix (eigenvalues descending), so QR keeps their
+    # span; columns of absent directions are zeroed again.
+    # At most d directions exist: QR the first min(m, d) columns, the rest stay zero.
+    mq = min(piece_dim, d)
+    present = (evals[:, :mq] > 0).to(bases.dtype)[:, None, :]
+    q = orthonormal_basis(bases[:, :, :mq] + (1 - present) * _unit_columns(d, mq, bases)) * present
+    bases = torch.nn.functional.pad(q, (0, piece_dim - mq))
 
     members = torch.zeros(b, b, dtype=torch.bool, device=x.device)
     members.scatter_(1, order, accepted)
-    return Pieces(anchors=x.detach(), bases=bases.to(x.dtype), members=members)
+    # Kept in float64: o = sqrt(||v||^2 - p^2) amplifies a projector that is orthonormal only to float32 precision
+    # (~1e-7) into o ~ 1e-4 for points that lie on the piece.
+    return Pieces(anchors=xd, bases=bases, members=members)
+
+
+def _unit_columns(d: int, m: int, like: torch.Tensor) -> torch.Tensor:
+    """Placeholder columns for absent directions so QR stays well defined (they are zeroed after)."""
+    eye = torch.zeros(d, m, dtype=like.dtype, device=like.device)
+    eye[torch.arange(min(d, m)), torch.arange(min(d, m))] = 1
+    return eye.unsqueeze(0)
 
 
 def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:

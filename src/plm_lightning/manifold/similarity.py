@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from plm_lightning.manifold.pieces import Pieces, fit_pieces
+from plm_lightning.manifold.pieces import Pieces, fit_pieces, orthonormal_basis
 
 
 @dataclass
@@ -87,7 +87,8 @@ class PLMSimilarity:
     def to_proxies(self, x: torch.Tensor, pieces: Pieces, proxy_points: torch.Tensor,
                    proxy_bases: torch.Tensor) -> torch.Tensor:
         """s(i, k) between batch points and proxies: B x K. s'(i, k) uses the proxy's piece, s'(k, i) the point's."""
-        o_ik, p_ik = piece_distances(x, proxy_points, proxy_bases)
+        # Re-orthonormalised in float64 for the same reason as the batch pieces (see fit_pieces).
+        o_ik, p_ik = piece_distances(x, proxy_points, orthonormal_basis(proxy_bases.to(torch.float64)))
         o_ki, p_ki = piece_distances(proxy_points, pieces.anchors, pieces.bases)
         s = (directed_similarity(o_ik, p_ik, self.n_alpha, self.n_beta)
              + directed_similarity(o_ki, p_ki, self.n_alpha, self.n_beta).T) / 2

@@ -1,4 +1,5 @@
-"""Backbones: networks that map images to a feature map (B x C x H x W). Pooling and embedding live in head.py."""
+"""Backbones: networks that map images to a feature map (B x C x H x W), or vectors to features (B x C: mlp).
+Pooling and embedding live in head.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,12 +22,22 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 def small_cnn(pretrained: bool = False, in_channels: int = 1, width: int = 64) -> nn.Module:
-    """Three conv blocks, for small images (digits, synthetic). Trains in seconds on a CPU."""
+    """Three conv blocks, for small images (digits). Trains in seconds on a CPU."""
     if pretrained:
         raise ValueError("model.pretrained=true: small_cnn has no pretrained weights; set model.pretrained=false")
     return nn.Sequential(
         _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
         _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width),
+    )
+
+
+def mlp(pretrained: bool = False, in_channels: int = 32, width: int = 64) -> nn.Module:
+    """Two hidden layers for vector data (synthetic): B x in_channels -> B x width features. CPU-fast."""
+    if pretrained:
+        raise ValueError("model.pretrained=true: mlp has no pretrained weights; set model.pretrained=false")
+    return nn.Sequential(
+        nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
     )
 
 
@@ -74,6 +85,7 @@ class _GoogLeNetFeatures(nn.Module):
 
 BACKBONES: dict[str, BackboneSpec] = {
     "small_cnn": BackboneSpec(small_cnn, lambda w: 2 * w, input_channels=0, pretrainable=False),
+    "mlp": BackboneSpec(mlp, lambda w: w, input_channels=0, pretrainable=False),
     "googlenet": BackboneSpec(_torchvision("googlenet", "GoogLeNet_Weights"), lambda w: 1024, input_channels=3,
                               pretrainable=True),
     "resnet50": BackboneSpec(_torchvision("resnet50", "ResNet50_Weights"), lambda w: 2048, input_channels=3,
