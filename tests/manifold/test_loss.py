@@ -61,3 +61,12 @@ def test_identical_student_embeddings_give_finite_gradients():
     s = torch.full((4, 4), 0.5)
     point_loss(z, s).backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_random_proxy_initialisation_is_unit_and_orthonormal():
+    proxies = ProxyManifold(5, 7, 3)
+    proxies.initialise_random_(torch.Generator().manual_seed(0))
+    assert bool(proxies.initialized)
+    assert torch.allclose(proxies.points.norm(dim=1), torch.ones(5))
+    b = proxies.bases()
+    assert torch.allclose(b.transpose(1, 2) @ b, torch.eye(3).expand(5, 3, 3), atol=1e-6)

@@ -84,3 +84,17 @@ def test_duplicates_and_range():
     assert torch.equal(s, s.T)
     assert torch.all(s.diagonal() == 1)
     assert s[3, 5].item() == pytest.approx(1.0)  # o = p = 0 between duplicates
+
+
+@pytest.mark.parametrize("how, combine", [("mean", lambda a, b: (a + b) / 2), ("min", min), ("max", max)])
+def test_symmetrization_knob(how, combine):
+    torch.manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(9, 4), dim=1)
+    sim = PLMSimilarity(max_candidates=4, symmetrize=how)
+    pieces = sim.fit(x)
+    o, p = piece_distances(x, pieces.anchors, pieces.bases)
+    directed = directed_similarity(o, p, sim.n_alpha, sim.n_beta)
+    s = sim.pairwise(x, pieces)
+    for i, j in [(0, 1), (2, 7), (8, 3)]:
+        assert s[i, j].item() == pytest.approx(combine(directed[i, j].item(), directed[j, i].item()), rel=1e-6)
+    assert torch.equal(s, s.T)

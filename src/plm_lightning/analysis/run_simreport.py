@@ -24,7 +24,7 @@ def estimators_from_config(cfg: DictConfig, names: Sequence[str]) -> dict[str, o
                                   max_candidates=d["max_candidates"], tau=me.tau,
                                   subset_selection=me.subset_selection, gaussian_sigma=me.gaussian_sigma,
                                   knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"], seed=cfg.run.seed,
-                                  binary_threshold=me.binary_threshold)
+                                  binary_threshold=me.binary_threshold, symmetrize=me.symmetrize)
             for name in names}
 
 

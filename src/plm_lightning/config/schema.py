@@ -59,11 +59,13 @@ class MethodConfig:
     max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
     tau: float = 0.5  # greedy acceptance threshold on the relative residual [ours]
     subset_selection: bool = True  # False = "no subset selection" ablation
+    symmetrize: str = "mean"  # s = mean | min | max of s'(i, j) and s'(j, i) [ours: mean]
     binary_threshold: Optional[float] = None  # "binary similarity" ablation: s -> 1[s >= threshold]
     gaussian_sigma: float = 3.0  # gaussian: s = exp(-||x_i - x_j||^2 / sigma) [STML's kernel width]
     knn_k: Optional[int] = None  # knn: neighbours per point [None = neighbours_per_seed]
     kmeans_clusters: Optional[int] = None  # kmeans: clusters per batch [None = batch_size / neighbours_per_seed]
     num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
+    proxy_init: str = "data"  # data: teacher embeddings of random images + local PCA [ours] | random
     proxy_neighbours: Optional[int] = None  # q for L_nbhd [ours: None = neighbours_per_seed]
     lambda_proxy: float = 1.0  # [ours]
     lambda_nbhd: float = 1.0  # [ours]

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from plm_lightning.config.loading import ConfigError
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.manifold.estimators import ESTIMATORS
+from plm_lightning.manifold.similarity import SYMMETRIZATIONS
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import POOLINGS
 
@@ -17,6 +18,8 @@ CHOICES = {
     "data.name": tuple(DATASETS),
     "model.backbone": tuple(BACKBONES),
     "method.similarity": ESTIMATORS,
+    "method.symmetrize": SYMMETRIZATIONS,
+    "method.proxy_init": ("data", "random"),
     "model.pooling": POOLINGS,
     "optim.name": ("adamw", "adam", "sgd"),
     "optim.scheduler": ("cosine", "none"),

@@ -32,6 +32,15 @@ class ProxyManifold(nn.Module):
         return orthonormal_basis(self.raw_bases)
 
     @torch.no_grad()
+    def initialise_random_(self, generator: torch.Generator) -> None:
+        """Ablation of the data initialisation: uniform random unit locations and random orthonormal pieces."""
+        points = torch.randn(self.points.shape, generator=generator, dtype=torch.float64)
+        self.points.copy_(torch.nn.functional.normalize(points, dim=1).to(self.points))
+        raw = torch.randn(self.raw_bases.shape, generator=generator, dtype=torch.float64)
+        self.raw_bases.copy_(orthonormal_basis(raw).to(self.raw_bases))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
     def initialise_(self, embeddings: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
         """Locations = embeddings of random training images; pieces = local PCA of their nearest neighbours.
 

@@ -44,6 +44,20 @@ def piece_distances(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Te
     return o2.sqrt(), p2.sqrt()
 
 
+SYMMETRIZATIONS = ("mean", "min", "max")
+
+
+def symmetrize(a: torch.Tensor, b: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Combine s'(i, j) and s'(j, i) [ours: the mean; min / max are the stricter / looser alternatives]."""
+    if how == "mean":
+        return (a + b) / 2
+    if how == "min":
+        return torch.minimum(a, b)
+    if how == "max":
+        return torch.maximum(a, b)
+    raise ValueError(f"unknown symmetrization {how!r}; choose one of {', '.join(SYMMETRIZATIONS)}")
+
+
 def directed_similarity(o: torch.Tensor, p: torch.Tensor, n_alpha: float, n_beta: float) -> torch.Tensor:
     """s' = (1 + o/2)^(-N_alpha) (1 + p)^(-N_beta): decays faster off the piece than along it when N_alpha > N_beta."""
     return (1 + o / 2).pow(-n_alpha) * (1 + p).pow(-n_beta)
@@ -59,6 +73,7 @@ class PLMSimilarity:
     max_candidates: int = 10
     tau: float = 0.5
     subset_selection: bool = True
+    symmetrize: str = "mean"
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None,
@@ -79,7 +94,7 @@ class PLMSimilarity:
         """s(i, j) for all batch pairs: B x B, symmetric, diagonal 1, values in (0, 1]."""
         o, p = piece_distances(x, pieces.anchors, pieces.bases)
         directed = directed_similarity(o, p, self.n_alpha, self.n_beta)  # [i, j] = s'(i, j), piece of j
-        s = (directed + directed.T) / 2
+        s = symmetrize(directed, directed.T, self.symmetrize)
         s.fill_diagonal_(1.0)
         return s.to(x.dtype)
 
@@ -90,6 +105,6 @@ class PLMSimilarity:
         # Re-orthonormalised in float64 for the same reason as the batch pieces (see fit_pieces).
         o_ik, p_ik = piece_distances(x, proxy_points, orthonormal_basis(proxy_bases.to(torch.float64)))
         o_ki, p_ki = piece_distances(proxy_points, pieces.anchors, pieces.bases)
-        s = (directed_similarity(o_ik, p_ik, self.n_alpha, self.n_beta)
-             + directed_similarity(o_ki, p_ki, self.n_alpha, self.n_beta).T) / 2
+        s = symmetrize(directed_similarity(o_ik, p_ik, self.n_alpha, self.n_beta),
+                       directed_similarity(o_ki, p_ki, self.n_alpha, self.n_beta).T, self.symmetrize)
         return s.to(x.dtype)

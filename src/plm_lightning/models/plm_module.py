@@ -46,7 +46,7 @@ def build_similarity(cfg: DictConfig):
     return build_estimator(me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
                            max_candidates=d["max_candidates"], tau=me.tau, subset_selection=me.subset_selection,
                            gaussian_sigma=me.gaussian_sigma, knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"],
-                           seed=cfg.run.seed, binary_threshold=me.binary_threshold)
+                           seed=cfg.run.seed, binary_threshold=me.binary_threshold, symmetrize=me.symmetrize)
 
 
 class PLMModule(L.LightningModule):
@@ -97,7 +97,10 @@ class PLMModule(L.LightningModule):
         if self.proxies is not None and not bool(self.proxies.initialized):
             # Same seed on every rank and identical gathered embeddings: identical proxies everywhere.
             generator = torch.Generator().manual_seed(self.cfg.run.seed)
-            self.proxies.initialise_(emb.to(self.device), table.to(self.device), generator)
+            if self.cfg.method.proxy_init == "random":
+                self.proxies.initialise_random_(generator)
+            else:
+                self.proxies.initialise_(emb.to(self.device), table.to(self.device), generator)
 
     def on_train_epoch_start(self) -> None:
         datamodule: RetrievalDataModule = self.trainer.datamodule
