@@ -11,12 +11,21 @@ import torch
 
 import reference as ref
 from plm_lightning.manifold import (
-    PLMLoss, PLMSimilarity, Pieces, ProxyManifold, fit_pieces, neighbourhood_loss, orthonormal_basis, point_loss,
-    proxy_loss,
+    PLMLoss, PLMSimilarity, Pieces, ProxyManifold, fit_pieces, neighbourhood_loss, orthonormal_basis, piece_distances,
+    point_loss, proxy_loss,
 )
 
 TOL = 1e-5
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many tiny torch ops; intra-op threads only add contention on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # ----------------------------------------------------------------------------------------------------------- helpers
 def _t(a, dtype=torch.float64):
@@ -43,8 +52,7 @@ def assert_pieces_match(X, m, M, tau, subset_selection, context=""):
     """Fits pieces both ways and checks members exactly and U U^T within TOL. Returns (package, reference) pieces."""
     got = fit_pieces(_t(X), piece_dim=m, max_candidates=M, tau=tau, subset_selection=subset_selection)
     want = ref.fit_all_pieces(X, m, M, tau, subset_selection)
-    # Width m, or fewer when there are fewer than m candidates (the package keeps min(m, M, B - 1) columns).
-    assert got.bases.shape[:2] == X.shape and got.bases.shape[2] <= m
+    assert got.bases.shape == (X.shape[0], X.shape[1], m)  # B x d x m, absent directions as zero columns
     for j, (mem, U) in enumerate(want):
         got_members = torch.nonzero(got.members[j]).flatten().tolist()
         assert got_members == mem, f"{context} members of point {j}: package {got_members}, reference {mem}"
@@ -292,3 +300,66 @@ def test_neighbourhood_loss_ties_keep_the_lower_index():
     for q in (1, 2, 3, 4):
         got = neighbourhood_loss(_t(X), _t(S), _t(R), _t(V), q).item()
         assert got == pytest.approx(ref.neighbourhood_loss(X, S, R, V, q), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------- precision
+# A piece that spans all of R^d contains every point: o must be 0 for all of them, and s'(i, j) = (1 + p)^-N_beta.
+# The package computes o = sqrt(||x_i - x_j||^2 - p^2), which turns a relative error e in the projector U U^T into
+# an error of about sqrt(e) ||x_i - x_j|| in o. Two sources of e, both guarded by fit_pieces now: bases built as
+# O^T V diag(l)^-1/2 from the Gram matrix lose orthonormality by about eps * l_max / l_min when a kept direction is
+# weak (l_min / l_max ~ 1e-8, still 100x above the 1e-10 rank cut): o ~ 4e-4 where o = 0 before a final QR pass;
+# float32 bases (PLMLoss feeds float32 teacher embeddings), e ~ 1e-7: o ~ 1e-4 before the bases were kept in float64.
+WEAK_DIRECTION = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 6e-4], [5, -7, 9]], dtype=np.float64)
+
+
+def test_weak_direction_batch_has_well_defined_pieces():
+    # The inputs of the precision tests below are not ill-posed: the pieces themselves agree with the reference, and the
+    # weakest kept direction of x_0's piece is 400x above the rank cut.
+    _, want = assert_pieces_match(WEAK_DIRECTION, 3, 3, 0.5, False)
+    assert want[0][0] == [1, 2, 3] and want[0][1].shape[1] == 3
+    sv2 = np.linalg.svd(WEAK_DIRECTION[1:4], compute_uv=False) ** 2
+    assert sv2[2] / sv2[0] > 100 * ref.RANK_EPS
+
+
+def test_weak_direction_piece_gives_zero_orthogonal_distance():
+    sim = PLMSimilarity(n_alpha=4, n_beta=1, piece_dim=3, max_candidates=3, subset_selection=False)
+    x = _t(WEAK_DIRECTION)
+    pieces = sim.fit(x)
+    want = ref.pairwise_similarity(WEAK_DIRECTION, ref.fit_all_pieces(WEAK_DIRECTION, 3, 3, 0.5, False), 4, 1)
+    o, _ = piece_distances(x, pieces.anchors, pieces.bases)
+    assert o[:, 0].max().item() <= TOL  # x_0's piece is all of R^3 (Gram-built bases: o(4, 0) ~ 3.9e-4)
+    np.testing.assert_allclose(sim.pairwise(x, pieces).numpy(), want, rtol=0, atol=TOL)  # (were off by 2.9e-5)
+
+
+def test_float32_batch_matches_reference():
+    sim = PLMSimilarity(n_alpha=4, n_beta=1, piece_dim=2, max_candidates=2)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # every piece spans R^2: o = 0 for all pairs
+    pieces = sim.fit(x)
+    o, _ = piece_distances(x, pieces.anchors, pieces.bases)
+    x64 = x.double().numpy()
+    want = ref.pairwise_similarity(x64, ref.fit_all_pieces(x64, 2, 2, 0.5), 4, 1)
+    errors = [o.max().item(), np.abs(sim.pairwise(x, pieces).double().numpy() - want).max()]
+    for seed in range(3):  # unit-norm float32 batches, as PLMLoss feeds them
+        xr = torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(seed)), dim=1)
+        xr64 = xr.double().numpy()
+        want = ref.pairwise_similarity(xr64, ref.fit_all_pieces(xr64, 2, 2, 0.5), 4, 1)
+        errors.append(np.abs(sim.pairwise(xr, sim.fit(xr)).double().numpy() - want).max())
+    assert max(errors) <= TOL, errors  # with float32 bases: o up to 4e-4, s off by up to ~2e-4
+    assert pieces.bases.dtype == torch.float64
+
+
+def test_float32_losses_with_duplicate_and_near_duplicate_embeddings():
+    # The training path runs the loss in float32; near-coincident student embeddings must not cost accuracy.
+    gen = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(6, 128, generator=gen), dim=1)
+    z[3] = z[1]
+    z[5] = z[1] + 1e-4 * torch.randn(128, generator=gen)
+    s = torch.rand(6, 6, generator=gen)
+    s = (s + s.T) / 2
+    s.fill_diagonal_(1.0)
+    s[1, 3] = s[3, 1] = 1.0
+    rho = torch.cat([z[:2], z[1:2] + 1e-4])
+    s_proxy = torch.rand(6, 3, generator=gen)
+    Z, S, R, SP = (t.double().numpy() for t in (z, s, rho, s_proxy))
+    assert point_loss(z, s).item() == pytest.approx(ref.point_loss(Z, S), abs=TOL)
+    assert proxy_loss(z, rho, s_proxy).item() == pytest.approx(ref.proxy_loss(Z, R, SP), abs=TOL)
