@@ -68,3 +68,20 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run files missing"
     assert "R@1" in result.stdout and "initial" in result.stdout  # the final Recall@K table
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]  # no half-written files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ablation", [
+    ["method.similarity=kmeans", "method.binary_threshold=0.5"],
+    ["method.subset_selection=false", "method.n_beta=0", "method.num_proxies=0", "method.proxy_init=random"],
+])
+def test_ablations_train_through_the_same_path(tmp_path, ablation):
+    run_dir = tmp_path / "run"
+    result = run_fit("--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=1",
+                     "trainer.limit_train_batches=2", "eval.before_training=false", *ablation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["initial"] is None and set(metrics["final"]) == METRIC_KEYS
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("simquality/purity") for r in rows)  # the diagnostic is logged each epoch

@@ -31,9 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = Path(cfg.run.dir or f"runs/study-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {"max_batches": args.max_batches} if args.study in ("curvature",) else {}
-    if args.study == "sensitivity":
-        kwargs = {"max_batches": args.max_batches}
+    kwargs = {"max_batches": args.max_batches} if args.study in ("curvature", "sensitivity") else {}
     started = time.perf_counter()
     rows = STUDIES[args.study](cfg, out, **kwargs)
     print(f"{args.study}: {len(rows)} rows in {time.perf_counter() - started:.1f} s -> {out / (args.study + '.csv')}, "
