@@ -22,14 +22,6 @@ FAST = settings(max_examples=40, deadline=None, derandomize=True)
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny torch ops; intra-op threads only add contention on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ---------------------------------------------------------------------------------------------------- strategies
 @st.composite
 def batches(draw, max_b=10, max_d=6):

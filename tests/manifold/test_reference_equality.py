@@ -19,14 +19,6 @@ TOL = 1e-5
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny torch ops; intra-op threads only add contention on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ----------------------------------------------------------------------------------------------------------- helpers
 def _t(a, dtype=torch.float64):
     return torch.as_tensor(np.asarray(a), dtype=dtype)

@@ -8,7 +8,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from plm_lightning.config import ConfigError, load_config, to_yaml
+from plm_lightning.cli.common import config_or_none
+from plm_lightning.config import to_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,10 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"plm-fit: error: {exc}", file=sys.stderr)
+    cfg = config_or_none("plm-fit", args.config, overrides)
+    if cfg is None:
         return 2
     if args.print_config:
         print(to_yaml(cfg), end="")

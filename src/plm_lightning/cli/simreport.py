@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from plm_lightning.config import ConfigError, load_config
+from plm_lightning.cli.common import config_or_none, fail
 
 ALL_ESTIMATORS = ("plm", "gaussian", "knn", "kmeans")
 
@@ -34,21 +34,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL_ESTIMATORS]
+    prog = "plm-simreport"
     if unknown or not names:
-        print(f"plm-simreport: error: --estimators: unknown {unknown or names}; choose from "
-              f"{', '.join(ALL_ESTIMATORS)}", file=sys.stderr)
-        return 2
+        return fail(prog, f"--estimators: unknown {unknown or names}; choose from {', '.join(ALL_ESTIMATORS)}")
     if args.ckpt is not None and not Path(args.ckpt).is_file():
-        print(f"plm-simreport: error: --ckpt: file not found: {args.ckpt}", file=sys.stderr)
-        return 2
+        return fail(prog, f"--ckpt: file not found: {args.ckpt}")
     features = args.features or ("checkpoint" if args.ckpt else "initial")
     if features == "checkpoint" and args.ckpt is None:
-        print("plm-simreport: error: --features checkpoint needs --ckpt PATH", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"plm-simreport: error: {exc}", file=sys.stderr)
+        return fail(prog, "--features checkpoint needs --ckpt PATH")
+    cfg = config_or_none(prog, args.config, overrides)
+    if cfg is None:
         return 2
 
     from plm_lightning.analysis.run_simreport import run_simreport
@@ -57,8 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = run_simreport(cfg, names, features=features, ckpt=args.ckpt, output=Path(args.output),
                                max_batches=args.max_batches)
     except ValueError as exc:
-        print(f"plm-simreport: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(prog, str(exc).splitlines()[0])
     print(json.dumps(report, indent=2))
     return 0
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from plm_lightning.config import ConfigError, load_config
+from plm_lightning.cli.common import config_or_none
 
 NAMES = ("curvature", "proxies", "sensitivity", "cost")
 
@@ -22,10 +22,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default="synthetic.yaml", help="a YAML file or bundled config name")
     parser.add_argument("--max-batches", type=int, default=None, help="quality studies: first N batches only")
     args, overrides = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"plm-study: error: {exc}", file=sys.stderr)
+    cfg = config_or_none("plm-study", args.config, overrides)
+    if cfg is None:
         return 2
     from plm_lightning.analysis.studies import STUDIES
 
