@@ -5,6 +5,7 @@ from __future__ import annotations
 import netrc
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 
 def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, RetrievalEvaluation, Path]:
     run_dir = resolve_run_dir(cfg)
+    # The EMA teacher is in eval mode on purpose (its batch norm uses averaged statistics).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
     datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels, seed=cfg.run.seed)
