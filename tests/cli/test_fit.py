@@ -85,3 +85,15 @@ def test_ablations_train_through_the_same_path(tmp_path, ablation):
     with open(run_dir / "logs" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert any(r.get("simquality/purity") for r in rows)  # the diagnostic is logged each epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_reduced_precision_trains_on_cpu(tmp_path, precision):
+    # bf16-true makes every parameter bf16: QR of the proxy pieces and the loss must still run (in float32).
+    run_dir = tmp_path / "run"
+    result = run_fit("--config", "synthetic.yaml", f"run.dir={run_dir}", f"trainer.precision={precision}",
+                     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger.csv=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["final"]["R@1"] <= 100

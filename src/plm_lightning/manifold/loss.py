@@ -78,14 +78,16 @@ class PLMLoss:
         if self.normalize_teacher:
             x = F.normalize(x, dim=1)
         has_proxies = proxies is not None and len(proxies) > 0
-        bases = proxies.bases() if has_proxies else None
-        sim = self.similarity(x, proxies.points.detach() if has_proxies else None,
+        # The loss runs in float32 whatever the parameters' precision (bf16-true / 16-true runs).
+        points = proxies.points.float() if has_proxies else None
+        bases = proxies.bases().float() if has_proxies else None
+        sim = self.similarity(x, points.detach() if has_proxies else None,
                               bases.detach() if has_proxies else None)
         out = {"loss_point": point_loss(z, sim.s, self.delta), "s": sim.s}
         total = out["loss_point"]
         if has_proxies:
-            out["loss_proxy"] = proxy_loss(z, proxies.points, sim.s_proxy, self.delta)
-            out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, proxies.points, bases, self.proxy_neighbours)
+            out["loss_proxy"] = proxy_loss(z, points, sim.s_proxy, self.delta)
+            out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, points, bases, self.proxy_neighbours)
             total = total + self.lambda_proxy * out["loss_proxy"] + self.lambda_nbhd * out["loss_nbhd"]
             out["s_proxy"] = sim.s_proxy
         out["loss"] = total

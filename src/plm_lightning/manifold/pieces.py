@@ -151,10 +151,12 @@ def _unit_columns(d: int, m: int, like: torch.Tensor) -> torch.Tensor:
 def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:
     """Orthonormalise learnable piece parameters (... x d x m) by QR, with the sign fixed so that R has a positive
     diagonal: the map is then continuous and the identity on bases that are already orthonormal."""
-    q, r = torch.linalg.qr(raw)
+    # QR has no half-precision kernels (bf16-true / 16-true parameters): factor in float32, return raw's dtype.
+    work = raw.float() if raw.dtype in (torch.float16, torch.bfloat16) else raw
+    q, r = torch.linalg.qr(work)
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return q * signs.unsqueeze(-2)
+    return (q * signs.unsqueeze(-2)).to(raw.dtype)
 
 
 def local_pca_basis(x: torch.Tensor, neighbours: torch.Tensor, piece_dim: int,
