@@ -20,11 +20,18 @@ def embed_loader(model: nn.Module, loader: DataLoader, device: torch.device,
     """(indices, float32 embeddings, labels) of this process's shard, on ``device``."""
     was_training = model.training
     model.eval()
+    # "bf16-true" / "16-true" / "64-true" precision converts the weights, and these loops run outside Lightning's,
+    # which would convert the batch: cast floating-point inputs to the weights' dtype (a no-op for float32 weights).
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    input_dtype = weight.dtype if weight is not None else None
     idx, emb, lab = [], [], []
     try:
         for images, labels, indices in loader:
+            images = images.to(device, non_blocking=True)
+            if input_dtype is not None and images.is_floating_point() and images.dtype != input_dtype:
+                images = images.to(input_dtype)
             with (autocast() if autocast is not None else nullcontext()):
-                out = model(images.to(device, non_blocking=True))
+                out = model(images)
             emb.append(out.float())  # mixed precision: cast before anything normalises or searches
             lab.append(labels.to(device))
             idx.append(indices.to(device))

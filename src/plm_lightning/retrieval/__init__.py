@@ -3,17 +3,21 @@
 Independent of Lightning: plain torch (faiss optional).
 """
 
-from .evaluate import evaluate_embeddings, format_recall_table
+from .evaluate import evaluate_embeddings, evaluate_query_gallery, format_recall_table
 from .metrics import map_at_r, nmi, r_precision, recall_at_k
+from .ranks import PositiveRanks, positive_ranks
 from .search import faiss_available, knn_search
 
 __all__ = [
     "evaluate_embeddings",
+    "evaluate_query_gallery",
     "faiss_available",
     "format_recall_table",
     "knn_search",
     "map_at_r",
     "nmi",
+    "PositiveRanks",
+    "positive_ranks",
     "r_precision",
     "recall_at_k",
 ]

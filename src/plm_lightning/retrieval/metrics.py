@@ -42,7 +42,7 @@ def recall_at_k(
     num_columns = matches.shape[1]
     ranks = torch.arange(num_columns, device=matches.device).expand_as(matches)
     first_hit = torch.where(matches, ranks, num_columns).min(dim=1).values
-    return {k: 100.0 * (first_hit < k).double().mean().item() for k in ks}
+    return _recall_from_first_hit(first_hit, ks)
 
 
 def map_at_r(
@@ -58,10 +58,7 @@ def map_at_r(
     rel, within_r, r = _first_r_relevance(neighbour_labels, query_labels, num_positives)
     if rel is None:
         return float("nan")
-    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
-    precision_at_i = rel.double().cumsum(dim=1) / ranks
-    per_query = (precision_at_i * (rel & within_r)).sum(dim=1) / r
-    return 100.0 * per_query.mean().item()
+    return _map_at_r_from_relevance(rel, within_r, r)
 
 
 def r_precision(
@@ -74,8 +71,7 @@ def r_precision(
     rel, within_r, r = _first_r_relevance(neighbour_labels, query_labels, num_positives)
     if rel is None:
         return float("nan")
-    per_query = (rel & within_r).sum(dim=1).double() / r
-    return 100.0 * per_query.mean().item()
+    return _r_precision_from_relevance(rel, within_r, r)
 
 
 def nmi(embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> float:
@@ -134,6 +130,32 @@ def _matches(neighbour_labels: torch.Tensor, query_labels: torch.Tensor) -> torc
     if neighbour_labels.shape[0] == 0:
         raise ValueError("no queries")
     return neighbour_labels == query_labels.to(neighbour_labels.device).unsqueeze(1)
+
+
+def _map_at_r_from_relevance(
+    rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor
+) -> float:
+    """MAP@R from ``rel [n, maxR]`` (position i holds a positive), ``within_r`` (i < R), R.
+
+    Shared by the search and rank engines so that both give bit-identical numbers.
+    """
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
+    precision_at_i = rel.double().cumsum(dim=1) / ranks
+    per_query = (precision_at_i * (rel & within_r)).sum(dim=1) / r
+    return 100.0 * per_query.mean().item()
+
+
+def _r_precision_from_relevance(
+    rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor
+) -> float:
+    """R-precision from the same inputs as :func:`_map_at_r_from_relevance`."""
+    per_query = (rel & within_r).sum(dim=1).double() / r
+    return 100.0 * per_query.mean().item()
+
+
+def _recall_from_first_hit(first_hit: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """Hit rate per K from the 0-based rank of each query's first positive (large = none)."""
+    return {k: 100.0 * (first_hit < k).double().mean().item() for k in ks}
 
 
 def _first_r_relevance(
