@@ -173,7 +173,7 @@ def test_canonical_distance_is_bit_identical_to_search():
     xt = x.T.contiguous()
     q = torch.arange(40).repeat_interleave(40)
     g = torch.arange(40).repeat(40)
-    ours = canonical_sq_dist(xt, xt, q, g, max_pairs=100)
+    ours = canonical_sq_dist(x, x, q, g, max_pairs=100)
     theirs = search_module._exact_sq_dist(x, xt, torch.arange(40).repeat(40, 1))
     assert torch.equal(ours, theirs.reshape(-1))
 
@@ -287,28 +287,28 @@ def test_without_faiss(monkeypatch):
 
 
 def test_band_is_exercised():
-    # With large norms the error bound is wide: many items are resolved exactly, and the band
-    # buffer is flushed several times (a tiny band limit).
+    # With large norms the error bound is wide: many items fall in the uncertainty band, the
+    # band buffer is flushed several times (a tiny buffer limit), and many are resolved exactly.
     x = offset_data()
     labels = labels_for(len(x), "few")
-    flushes = []
-    real = ranks_module._State.flush_band
+    flushes, resolved = [], []
+    real_flush = ranks_module._State.flush_band
+    real_init = ranks_module._State.__init__
 
     def counting_flush(self):
         flushes.append(self.band_size)
-        return real(self)
-
-    original_limit = ranks_module._State.__init__
+        real_flush(self)
+        resolved.append(self.band_resolved)
 
     def small_limit(self, *args, **kwargs):
-        original_limit(self, *args, **kwargs)
+        real_init(self, *args, **kwargs)
         self.band_limit = 5
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ranks_module._State, "flush_band", counting_flush)
         mp.setattr(ranks_module._State, "__init__", small_limit)
         result = positive_ranks(x, labels, best_limit=10, tile=16)
-    assert sum(flushes) > 50 and len(flushes) > 3
+    assert sum(flushes) > 50 and len(flushes) > 3 and resolved[-1] > 20
     expected = oracle_ranks(x, labels, x, labels, exclude_self=True)
     for q, ranks in enumerate(expected):
         r = len(ranks)
@@ -377,6 +377,15 @@ def test_query_gallery_ranks_and_nmi():
     assert metrics["NMI"] == pytest.approx(
         metrics_module.nmi(F.normalize(query, dim=1), ql, seed=0)
     )
+
+
+def test_query_gallery_label_dtypes():
+    query, ql, gallery, gl = query_gallery_data()
+    reference = evaluate_query_gallery(query, ql, gallery, gl, (1, 5), compute_nmi=False)
+    mixed = evaluate_query_gallery(
+        query, ql.int(), gallery, gl.long(), (1, 5), compute_nmi=False
+    )
+    assert mixed == reference
 
 
 def test_query_gallery_no_positive_at_all():

@@ -158,6 +158,9 @@ def evaluate_query_gallery(
             )
         if x.shape[0] == 0:
             raise ValueError(f"the {name} set is empty")
+    # One label dtype for both sets (searchsorted and comparisons need it).
+    common = torch.promote_types(query_labels.dtype, gallery_labels.dtype)
+    query_labels, gallery_labels = query_labels.to(common), gallery_labels.to(common)
     ks = _check_ks(ks, gallery.shape[0], "the {} gallery items")
     engine = _resolve_engine(engine, backend, memory_budget_mb)
     query = _prepare(query, normalize, "query embeddings")

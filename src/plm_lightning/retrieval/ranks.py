@@ -17,50 +17,60 @@ Distances
 ---------
 The ordering distance is the canonical one of ``search.py``: the float64 sum of (g_j - q_j)^2,
 accumulated j = 0..d-1 with element-wise operations only, rounded to float32
-(:func:`canonical_sq_dist`, bit-identical to ``search._exact_sq_dist``). It is computed exactly
-for every (query, positive) pair and for every pair in an *uncertainty band* (below); all other
-comparisons use a fast float32 GEMM distance whose error is rigorously bounded.
+(:func:`canonical_sq_dist`, bit-identical to ``search._exact_sq_dist``). Every (query, positive)
+distance is canonical (computed with float64 Gram matrices per class and certified, see
+:func:`_positive_distances`), and so is every (query, item) distance that falls in an
+*uncertainty band* (below); all other comparisons use a fast float32 GEMM distance whose error is
+rigorously bounded.
 
 Why the counts are exact
 ------------------------
-1. *Fast distance and its error.* For a tile of rows x and columns y,
-   ``A = addmm(s_y, X, Y^T, alpha=-2) + s_x`` in float32, with s = |.|^2 summed in float64 and
-   rounded to float32 ("highest" matmul precision: no TF32/bf16). Whatever the summation order,
-   blocking or FMA use of the GEMM, the addmm is a float32 sum of d + 1 terms (alpha = -2 scales
-   exactly), so its error is at most gamma_{d+1} (2 |x||y| + s_y), gamma_n = n u / (1 - n u),
-   u = 2^-24. Adding s_x, and the roundings of s_x, s_y, add at most 3u(|x|^2 + |y|^2 + ...), and
-   the canonical distance D differs from the real |x - y|^2 by at most u D (its float32 rounding)
-   plus a float64 error below 2^-40 (|x|^2 + |y|^2). Hence, for query q (in the tile as a row *or*
-   as a column, since x and y swap roles),
-   ``|A - D| <= eps_q = 1.01 [gamma_{d+1} (2 |q| m + max(|q|^2, m^2)) + 5u (|q|^2 + m^2)]``,
-   m = the largest norm on the other side. ``eps_q`` is computed in float64 with that 1%
-   slack, which also absorbs its own rounding.
+1. *Fast distance and its error.* For a tile of rows x and columns y, one float32 GEMM of depth
+   d + 2 gives ``A = [x, s_x, 1] . [-2y, 1, s_y] = s_x + s_y - 2 x.y``, with s = |.|^2 summed in
+   float64 and rounded to float32 ("highest" matmul precision: no TF32/bf16; the scaling by -2 is
+   exact). Whatever the summation order, blocking or FMA use of the GEMM (CPU or CUDA; any
+   classical, non-Strassen kernel: MKL, OpenBLAS, cuBLAS), a float32 sum of n = d + 2 products is
+   off by at most gamma_n times the sum of their absolute values,
+   gamma_n = n u / (1 - n u), u = 2^-24: here gamma_{d+2} (2 |x||y| + s_x + s_y). The roundings
+   of s_x, s_y add u (|x|^2 + |y|^2); the canonical D differs from the real |x - y|^2 by its
+   float32 rounding (u D <= 2u (|x|^2 + |y|^2)) plus a float64 error below 2^-40 (|x|^2 + |y|^2).
+   So for query q, whether it is a row or a column of the tile (the bound is symmetric),
+   ``|A - D| <= eps_q = 1.01 [gamma_{d+2} (2 |q| m + |q|^2 + m^2) + 4u (|q|^2 + m^2)]``,
+   m = the largest norm on the other side; the 1% covers second-order terms and the float64
+   evaluation of eps_q itself. (Unit vectors, d = 512: eps ~ 1.2e-4.)
 2. *Thresholds per positive.* For positive p with canonical distance D_p, let
    ``L_p <= D_p - eps'`` and ``U_p >= D_p + eps'`` (float32, rounded outwards,
    eps' = eps_q (1 + 2^-8) + 2^-126 > eps_q). For a gallery item g with fast distance A:
    A <= L_p implies D_g <= A + eps_q < D_p: g is *before* p. A >= U_p implies D_g > D_p: g is
-   *after* p. Ties in D are resolved by index, so they can only occur in between, in the *band*
-   L_p < A < U_p, where D_g is computed canonically and (D_g, g) compared with (D_p, p) exactly.
-   The comparisons use an order-preserving integer image of the float32 values; it orders -0.0
-   before +0.0, which can only move an element from "definitely before/after" into the band
-   (the thresholds are never within eps' of the value they protect), never the other way.
-3. *Counting.* Positives of q are sorted by (D_p, p) ("slots"); L and U are then non-decreasing.
-   For a fast distance A, b_L = #{slots with L <= A} and b_U = #{slots with U <= A}: the item is
-   before slots j >= b_L and after slots j < b_U; slots in [b_U, b_L) are in its band and it is
-   resolved exactly (into b = #{slots with (D_p, p) <= (D_g, g)}). Per query, a histogram of b
-   and a cumulative sum give the number of items before every slot at once.
-4. *Sparsity.* Slot j is active while its count (a lower bound of its rank, exact once complete)
-   is below its limit. Counts are non-decreasing in j and limits non-increasing, so the active
-   slots are a prefix, and an item can only matter if A < U of the last active slot (theta_q).
-   Each tile is compared against theta once (dense), and only the few items below it are
-   processed further. Tiles are processed in column slices of growing width, so that a query's
-   far positives become inactive after a few hundred columns. Items never examined after a slot
-   became inactive only make its count a lower bound, which stays >= its limit: its rank is
-   reported as "not below the limit" (``RANK_BEYOND``), and no metric needs more.
+   *after* p. So exact ties and near-ties can only occur in between, in the *band*
+   L_p < A < U_p, where D_g is computed canonically and (D_g, g) compared with (D_p, p)
+   lexicographically: ties go to the smaller gallery index, exactly as in the search path.
+   Comparisons with L and U use an order-preserving integer image of the float32 values; it
+   differs from float comparison only in ordering -0.0 before +0.0, and "key(A) < key(L)" still
+   implies A <= L (before), "key(A) >= key(U)" still implies A >= U (after).
+3. *Counting.* The positives of q sorted by (D_p, p) are its "slots"; L and U are non-decreasing
+   along them. Positives are not counted (their order among themselves is known): the rank of
+   slot j is j + the number of *negatives* before it. For a negative with fast distance A,
+   b_L = #{slots with L <= A} and b_U = #{slots with U <= A}: it is before slots j >= b_L and
+   after slots j < b_U; for slots in [b_U, b_L) it is resolved exactly (into
+   b = #{slots with (D_p, p) < (D_g, g)}). Per query, a histogram of b and a cumulative sum give
+   the number of negatives before every slot at once.
+4. *Sparsity.* Slot j is active while j + its count (a lower bound of its rank, exact if it
+   stays active to the end) is below its limit. Counts are non-decreasing in j and limits
+   non-increasing, so the active slots are a prefix, and an item can only matter if A < U of the
+   last active slot (theta_q); theta only decreases. An item with A >= theta_q is after every
+   active slot, so an active slot misses no item before it. A slot that became inactive only has
+   a lower bound >= its limit: its rank is reported as ``RANK_BEYOND`` ("not below the limit"),
+   which is all any metric needs. Tiles are screened by the minimum of each group of 32 gallery
+   items (one reduction), only groups reaching below theta are compared entry by entry, and the
+   gallery side is taken in slices of growing width so that thresholds tighten early. Band items
+   are buffered and resolved late, and only if one of their band slots is still active (an item
+   only changes the counts of slots >= b_U; if those are all inactive it cannot change a
+   reported rank).
 5. *Same-set mode (query = gallery).* Only tiles (I, J) with I <= J are computed: tile (I, J)
    serves the queries of chunk I (its rows) and, for I < J, those of chunk J (its columns,
-   through the transposed comparison). Every (query, item) pair is examined exactly once; on
-   diagonal tiles the query itself is removed by index.
+   through the transposed comparison). Every (query, item) pair is examined exactly once; the
+   query itself (same label) is never counted, so it is removed by index, not by position.
 """
 
 from __future__ import annotations
@@ -78,11 +88,8 @@ RANK_BEYOND = torch.iinfo(torch.int64).max
 _U = 2.0**-24  # float32 unit roundoff
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _SMALLEST_NORMAL = 2.0**-126
-# Bytes per tile entry: the float32 distance tile and a bool mask of the same shape, plus slack.
+# Bytes per tile entry: the float32 distance tile, plus slack for the per-slice temporaries.
 _BYTES_PER_TILE_ENTRY = 8
-# Bytes per pair while computing canonical distances: two gathered float32 columns [d, c] are
-# counted per dimension by the caller; this covers the float64 accumulator and temporaries.
-_BYTES_PER_CANONICAL_PAIR_DIM = 8
 # Width of the first column slice of a tile; later slices double.
 _FIRST_SLICE = 256
 # Gallery items screened together by their minimum distance.
@@ -107,25 +114,26 @@ class PositiveRanks:
 
 
 def canonical_sq_dist(
-    query_t: torch.Tensor,
-    gallery_t: torch.Tensor,
+    query: torch.Tensor,
+    gallery: torch.Tensor,
     qidx: torch.Tensor,
     gidx: torch.Tensor,
-    max_pairs: int = 1 << 15,
+    max_pairs: int = 1 << 13,
 ) -> torch.Tensor:
     """Canonical squared distances of the pairs ``(qidx[i], gidx[i])`` as float32 ``[M]``.
 
-    ``query_t`` / ``gallery_t`` are the float32 embeddings transposed, ``[d, n]``. The value is
-    the float64 sum of (g_j - q_j)^2 for j = 0..d-1 in this order, rounded to float32, with
-    element-wise operations only: bit-identical to ``search._exact_sq_dist`` on any device.
+    ``query`` / ``gallery`` are float32 ``[n, d]``. The value is the float64 sum of
+    (g_j - q_j)^2 for j = 0..d-1 in this order, rounded to float32, with element-wise operations
+    only: bit-identical to ``search._exact_sq_dist`` on any device.
     """
-    out = torch.empty(qidx.shape[0], dtype=torch.float32, device=query_t.device)
-    d = query_t.shape[0]
+    out = torch.empty(qidx.shape[0], dtype=torch.float32, device=query.device)
+    d = query.shape[1]
     for s in range(0, qidx.shape[0], max_pairs):
         qi, gi = qidx[s : s + max_pairs], gidx[s : s + max_pairs]
-        q_cols = query_t[:, qi]  # [d, c] float32 (contiguous rows: one per dimension)
-        g_cols = gallery_t[:, gi]
-        acc = torch.zeros(qi.shape[0], dtype=torch.float64, device=query_t.device)
+        # [d, c] float32: one contiguous row per dimension.
+        q_cols = query.index_select(0, qi).T.contiguous()
+        g_cols = gallery.index_select(0, gi).T.contiguous()
+        acc = torch.zeros(qi.shape[0], dtype=torch.float64, device=query.device)
         term = torch.empty_like(acc)
         for j in range(d):
             term.copy_(g_cols[j])
@@ -168,17 +176,15 @@ def positive_ranks(
     nq, ng, d = query.shape[0], gallery.shape[0], query.shape[1]
     budget = max(1, int(memory_budget_mb * 2**20))
 
-    query_t = query.T.contiguous()
-    gallery_t = query_t if same_set else gallery.T.contiguous()
     q_sq = query.double().square().sum(1)
     g_sq = q_sq if same_set else gallery.double().square().sum(1)
     # Canonical pairs are processed in chunks: two [d, c] float32 gathers + float64 vectors.
-    pair_chunk = max(256, budget // (d * 8 + 64))
+    pair_chunk = max(256, min(1 << 13, budget // (d * 16 + 64)))
 
     q_lab = torch.as_tensor(query_labels).to(device)
     g_lab = q_lab if same_set else torch.as_tensor(gallery_labels).to(device)
     dist, pos_idx, valid = _positive_distances(
-        query, q_lab, gallery, g_lab, same_set, q_sq, g_sq, query_t, gallery_t, budget, pair_chunk
+        query, q_lab, gallery, g_lab, same_set, q_sq, g_sq, max(1, budget // 4), pair_chunk
     )
     num_positives = valid.sum(1)
     m_full = pos_idx.shape[1]
@@ -244,10 +250,13 @@ def positive_ranks(
         theta=torch.empty(nq, dtype=torch.float32, device=device),
         band_q=[],
         band_g=[],
+        band_u=[],
         band_size=0,
+        band_resolved=0,
+        group_chunk=max(64, budget // (_GROUP * 512)),
         band_limit=max(1 << 14, budget // (16 + 8 * m + 32)),
-        query_t=query_t,
-        gallery_t=gallery_t,
+        query=query,
+        gallery=gallery,
         pair_chunk=pair_chunk,
     )
     state.refresh(slice(None))
@@ -313,12 +322,15 @@ class _State:
     seq_upper: torch.Tensor  # [nq * m] int64 keys (row << 32) + ordered(U)
     active: torch.Tensor  # [nq] number of active slots (a prefix)
     theta: torch.Tensor  # [nq] float32: items with fast distance >= theta cannot matter
-    band_q: list
+    band_q: list  # buffered band items: query, gallery item, b_U
     band_g: list
+    band_u: list
     band_size: int
+    band_resolved: int  # statistics: band items resolved exactly
+    group_chunk: int  # candidate groups compared entry by entry at once
     band_limit: int
-    query_t: torch.Tensor
-    gallery_t: torch.Tensor
+    query: torch.Tensor
+    gallery: torch.Tensor
     pair_chunk: int
 
     def refresh(self, rows: torch.Tensor | slice) -> None:
@@ -345,24 +357,59 @@ class _State:
             gmin = a[:full].view(full // _GROUP, _GROUP, cols).amin(1)  # [groups, queries]
         else:
             gmin = a[:, :full].view(rows, full // _GROUP, _GROUP).amin(2)  # [queries, groups]
+        lane = torch.arange(_GROUP, device=a.device)
+        flat_a = a.view(-1)
         width, start = _FIRST_SLICE, 0
         while start < num_g:
             stop = min(num_g, start + width)
             width *= 2
-            theta = self.theta[q0 : q0 + num_q]
-            qi, gi, values = _select(a, gmin, full, start, stop, theta, transpose)
-            gi += g0
-            qi += q0
-            # Positives are ordered among themselves already (slots); count negatives only
-            # (this also removes the query itself on diagonal tiles).
-            keep = torch.nonzero(
-                self.g_lab.index_select(0, gi) != self.q_lab.index_select(0, qi)
-            ).squeeze(1)
-            qi, gi = qi.index_select(0, keep), gi.index_select(0, keep)
-            values = values.index_select(0, keep)
-            if qi.numel():
-                self._count(qi, gi, values, q0, num_q)
+            # Groups of this slice whose minimum reaches below their query's theta.
+            g_lo, g_hi = start // _GROUP, min(stop, full) // _GROUP
+            if g_hi > g_lo:
+                theta = self.theta[q0 : q0 + num_q]
+                if transpose:
+                    gg, qg = torch.nonzero(gmin[g_lo:g_hi] < theta.unsqueeze(0), as_tuple=True)
+                else:
+                    qg, gg = torch.nonzero(gmin[:, g_lo:g_hi] < theta.unsqueeze(1), as_tuple=True)
+                gg += g_lo
+                # Entry by entry, in chunks that bound the temporaries (thresholds refreshed
+                # after each chunk).
+                for c in range(0, qg.shape[0], self.group_chunk):
+                    qc, gc = qg[c : c + self.group_chunk], gg[c : c + self.group_chunk]
+                    if transpose:  # element (gallery row gc*G + lane, query column qc)
+                        flat = ((gc * _GROUP).unsqueeze(1) + lane) * cols + qc.unsqueeze(1)
+                    else:
+                        flat = (qc * cols + gc * _GROUP).unsqueeze(1) + lane
+                    vals = flat_a.index_select(0, flat.view(-1)).view(flat.shape)
+                    theta_c = self.theta.index_select(0, qc + q0).unsqueeze(1)
+                    k, off = torch.nonzero(vals < theta_c, as_tuple=True)
+                    self._take(qc[k] + q0, gc[k] * _GROUP + off + g0, vals[k, off], q0, num_q)
+            lo = max(start, full)
+            if stop > lo:  # the last, incomplete group: directly
+                theta = self.theta[q0 : q0 + num_q]
+                if transpose:
+                    rest = a[lo:stop]  # [gallery, queries]
+                    gr, qr = torch.nonzero(rest < theta.unsqueeze(0), as_tuple=True)
+                    values = rest[gr, qr]
+                else:
+                    rest = a[:, lo:stop]
+                    qr, gr = torch.nonzero(rest < theta.unsqueeze(1), as_tuple=True)
+                    values = rest[qr, gr]
+                self._take(qr + q0, gr + lo + g0, values, q0, num_q)
             start = stop
+
+    def _take(
+        self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int
+    ) -> None:
+        """Count selected (query, gallery item, fast distance) triples; positives are skipped."""
+        # Positives are ordered among themselves already (slots); count negatives only (this
+        # also removes the query itself on diagonal tiles).
+        keep = torch.nonzero(
+            self.g_lab.index_select(0, gi) != self.q_lab.index_select(0, qi)
+        ).squeeze(1)
+        if keep.numel():
+            qi, gi = qi.index_select(0, keep), gi.index_select(0, keep)
+            self._count(qi, gi, values.index_select(0, keep), q0, num_q)
 
     def _count(
         self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int
@@ -379,6 +426,7 @@ class _State:
         if bool(band.any()):
             self.band_q.append(qi[band])
             self.band_g.append(gi[band])
+            self.band_u.append(b_upper[band])
             self.band_size += int(band.sum())
             sure = ~band
             qi, b_lower = qi[sure], b_lower[sure]
@@ -393,15 +441,26 @@ class _State:
             self.flush_band()
 
     def flush_band(self) -> None:
-        """Resolve the buffered band items with canonical distances (exact (D, index) order)."""
+        """Resolve the buffered band items with canonical distances (exact (D, index) order).
+
+        An item buffered for slots ``[b_U, b_L)`` of its query is dropped if all those slots have
+        become inactive meanwhile (``b_U >= active``): its count only matters to slots j >= b_U,
+        which are all inactive (their counts are then lower bounds already >= their limits).
+        Activity only decreases, so resolving late (at the end, or when the buffer is full)
+        resolves only the items that can still change a reported rank.
+        """
         if not self.band_q:
             return
         qi, gi = torch.cat(self.band_q), torch.cat(self.band_g)
-        self.band_q, self.band_g, self.band_size = [], [], 0
+        b_upper = torch.cat(self.band_u)
+        self.band_q, self.band_g, self.band_u, self.band_size = [], [], [], 0
+        live = torch.nonzero(b_upper < self.active.index_select(0, qi)).squeeze(1)
+        qi, gi = qi.index_select(0, live), gi.index_select(0, live)
+        self.band_resolved += qi.shape[0]
         m = self.counts.shape[1]
         for s in range(0, qi.shape[0], self.pair_chunk):
             q, g = qi[s : s + self.pair_chunk], gi[s : s + self.pair_chunk]
-            dg = canonical_sq_dist(self.query_t, self.gallery_t, q, g, self.pair_chunk)
+            dg = canonical_sq_dist(self.query, self.gallery, q, g, self.pair_chunk)
             slot_d, slot_i = self.dist[q], self.pos_idx[q]
             dg, g = dg.unsqueeze(1), g.unsqueeze(1)
             # b = number of slots (D_p, p) <= (D_g, g): the item is before slots j >= b.
@@ -409,61 +468,6 @@ class _State:
             before = torch.arange(m, device=q.device).unsqueeze(0) >= b.unsqueeze(1)
             self.counts.index_add_(0, q, before.long())
         self.refresh(slice(None))
-
-
-def _select(
-    a: torch.Tensor,
-    gmin: torch.Tensor,
-    full: int,
-    start: int,
-    stop: int,
-    theta: torch.Tensor,
-    transpose: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entries below their query's ``theta`` among gallery items ``start:stop`` of tile ``a``.
-
-    Without ``transpose`` the queries are the rows of ``a`` (gallery items its columns); with it
-    the queries are the columns. ``gmin`` holds the minimum of each group of _GROUP consecutive
-    gallery items (the first ``full`` of them): only the groups that reach below theta are
-    compared entry by entry. Returns ``(query, gallery item, value)`` with tile-local indices.
-    """
-    rows, cols = a.shape
-    q_parts, g_parts, v_parts = [], [], []
-    g_lo, g_hi = start // _GROUP, min(stop, full) // _GROUP
-    if g_hi > g_lo:
-        lane = torch.arange(_GROUP, device=a.device)
-        if transpose:
-            gg, qg = torch.nonzero(gmin[g_lo:g_hi] < theta.unsqueeze(0), as_tuple=True)
-            gg += g_lo
-            # Sorted by gallery group, so the strided gathers stay within a few rows at a time.
-            flat = ((gg * _GROUP).unsqueeze(1) + lane) * cols + qg.unsqueeze(1)
-        else:
-            qg, gg = torch.nonzero(gmin[:, g_lo:g_hi] < theta.unsqueeze(1), as_tuple=True)
-            gg += g_lo
-            flat = (qg * cols + gg * _GROUP).unsqueeze(1) + lane
-        if qg.numel():
-            vals = a.view(-1).index_select(0, flat.view(-1)).view(flat.shape)  # [k, G]
-            k, off = torch.nonzero(vals < theta[qg].unsqueeze(1), as_tuple=True)
-            q_parts.append(qg[k])
-            g_parts.append(gg[k] * _GROUP + off)
-            v_parts.append(vals[k, off])
-    lo = max(start, full)
-    if stop > lo:
-        if transpose:
-            rest = a[lo:stop]  # [gallery, queries]
-            gr, qr = torch.nonzero(rest < theta.unsqueeze(0), as_tuple=True)
-            values = rest[gr, qr]
-        else:
-            rest = a[:, lo:stop]
-            qr, gr = torch.nonzero(rest < theta.unsqueeze(1), as_tuple=True)
-            values = rest[qr, gr]
-        q_parts.append(qr)
-        g_parts.append(gr + lo)
-        v_parts.append(values)
-    if not q_parts:
-        empty = torch.empty(0, dtype=torch.int64, device=a.device)
-        return empty, empty.clone(), torch.empty(0, dtype=a.dtype, device=a.device)
-    return torch.cat(q_parts), torch.cat(g_parts), torch.cat(v_parts)
 
 
 def _augment(x: torch.Tensor, sq: torch.Tensor, *, as_rows: bool) -> torch.Tensor:
@@ -483,8 +487,6 @@ def _positive_distances(
     same_set: bool,
     q_sq: torch.Tensor,
     g_sq: torch.Tensor,
-    query_t: torch.Tensor,
-    gallery_t: torch.Tensor,
     budget: int,
     pair_chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -563,9 +565,7 @@ def _positive_distances(
     undecided = valid & torch.isnan(dist)
     if bool(undecided.any()):
         rows = torch.arange(nq, device=device).unsqueeze(1).expand_as(undecided)[undecided]
-        dist[undecided] = canonical_sq_dist(
-            query_t, gallery_t, rows, idx[undecided], pair_chunk
-        )
+        dist[undecided] = canonical_sq_dist(query, gallery, rows, idx[undecided], pair_chunk)
     return dist, idx, valid
 
 
