@@ -2,20 +2,21 @@
 validated config, and runs it. Entry points (cli/) call into here and hold no logic of their own."""
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor
+from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor, StopAfterEpochs
 from plm_lightning.config.loading import to_yaml
 from plm_lightning.data import DATASETS
 from plm_lightning.data.datamodule import RetrievalDataModule
@@ -91,13 +92,20 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, R
         backend=cfg.eval.backend, normalize=cfg.eval.normalize, map_r=cfg.eval.map_r, nmi=cfg.eval.nmi,
         memory_budget_mb=cfg.eval.memory_budget_mb, seed=cfg.run.seed, run_dir=str(run_dir))
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
-                                 monitor="val/R@1", mode="max", save_last=True, save_top_k=1,
+                                 monitor="val/R@1", mode="max", save_last=False, save_top_k=1,
                                  auto_insert_metric_name=False, every_n_epochs=cfg.eval.every_n_epochs,
                                  save_on_train_epoch_end=True)
+    # last.ckpt at the end of every epoch, for resume=auto. Not save_last=True above: since Lightning 2.x that
+    # writes last.ckpt only in epochs that also write a top-k checkpoint, so last.ckpt goes stale once R@1 stops
+    # improving, and a resumed run would start from the best epoch instead of the last one.
+    last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = build_loggers(cfg, run_dir)
-    callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint]
+    callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint, last]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if cfg.trainer.stop_after_epochs is not None:
+        callbacks.append(StopAfterEpochs(cfg.trainer.stop_after_epochs))
     t = cfg.trainer
     world = t.devices * t.num_nodes
     trainer = L.Trainer(
@@ -114,7 +122,43 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, R
 
 @rank_zero_only
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    # `resume` is how this invocation starts, not part of the run: config.yaml stays usable as --config (plm-eval,
+    # a rerun) even after the checkpoint it named is gone.
+    atomic_write_text(run_dir / "config.yaml", to_yaml(OmegaConf.merge(cfg, {"resume": None})))
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
+    """The checkpoint that ``resume`` names: None (start fresh), a path, or for 'auto' the newest (by modification
+    time) of run_dir/checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints run_dir/hpc_ckpt_*.ckpt."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume != "auto":
+        path = str(Path(cfg.resume).expanduser().resolve())
+        rank_zero_info(f"resuming from {path}")
+        return path
+    candidates = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    if not candidates:
+        rank_zero_info(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    rank_zero_info(f"resume=auto: resuming from {newest}")
+    return str(newest)
+
+
+@rank_zero_only
+def _keep_csv_history(trainer: L.Trainer) -> None:
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run appends to it instead."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        old = path.read_text()
+        header = next(csv.reader(old.splitlines()), [])
+        writer = logger.experiment  # created here; it removes metrics.csv
+        path.write_text(old)
+        writer.metrics_keys = list(header)  # appended rows follow the existing header
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
@@ -125,5 +169,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             # Persist the run id so that a restarted job continues the same W&B run (never the API key).
             atomic_write_text(run_dir / "wandb_id.txt", str(logger.version) + "\n")
-    trainer.fit(module, datamodule=datamodule)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+    if ckpt_path is not None:
+        _keep_csv_history(trainer)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return evaluation.summary()

@@ -83,3 +83,18 @@ def test_missing_config_file_suggests_bundled():
 
 def test_parse_overrides_none_and_forms():
     assert parse_overrides(["a.b=None", "--c.d", "3", "--e=f"]) == ["a.b=null", "c.d=3", "e=f"]
+
+
+def test_resume_and_stop_after_epochs(tmp_path):
+    assert load_config("digits.yaml").resume is None
+    assert load_config("digits.yaml", [f"run.dir={tmp_path}", "resume=auto"]).resume == "auto"
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    assert load_config("digits.yaml", [f"resume={ckpt}"]).resume == str(ckpt)
+    assert load_config("digits.yaml", ["trainer.stop_after_epochs=2"]).trainer.stop_after_epochs == 2
+    for args, fragment in [(["resume=auto"], "needs run.dir"),
+                           ([f"resume={tmp_path / 'missing.ckpt'}"], "does not exist"),
+                           (["trainer.stop_after_epochs=0"], "trainer.stop_after_epochs")]:
+        with pytest.raises(ConfigError, match=fragment) as info:
+            load_config("digits.yaml", args)
+        assert "\n" not in str(info.value)

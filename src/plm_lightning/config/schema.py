@@ -99,6 +99,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     limit_train_batches: Optional[float] = None  # for smoke runs: a fraction (<= 1.0) or a number of batches
     enable_progress_bar: bool = True
+    # Stop cleanly after this many epochs of this invocation (max_epochs, and so the schedule, stay as they are);
+    # continue later with resume=auto. None = run to max_epochs.
+    stop_after_epochs: Optional[int] = None
 
 
 @dataclass
@@ -142,3 +145,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # null = start fresh | auto = continue from the newest of run.dir/checkpoints/last.ckpt and run.dir/hpc_ckpt_*.ckpt
+    # (start fresh when there is none) | a checkpoint path
+    resume: Optional[str] = None

@@ -77,6 +77,14 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,
              f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}")
 
+    sae = cfg.trainer.stop_after_epochs
+    _require(sae is None or sae > 0, "trainer.stop_after_epochs", sae, "must be positive or null")
+    resume = cfg.resume
+    if resume == "auto":
+        _require(bool(cfg.run.dir), "resume", resume, "'auto' needs run.dir set")
+    elif resume is not None:
+        _require(Path(resume).expanduser().is_file(), "resume", resume, "checkpoint file does not exist")
+
     b, k = cfg.data.batch_size, cfg.data.neighbours_per_seed
     _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
     _require(b >= 2, "data.batch_size", b, "a batch needs at least 2 images to form pairs")

@@ -74,7 +74,12 @@ class RetrievalDataModule(L.LightningDataModule):
                 "persistent_workers": workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_sampler=self.batch_sampler, **self._loader_kwargs())
+        # An own generator for the loader's base seed: creating its iterator then draws nothing from the global
+        # torch RNG. Lightning creates the first iterator of a fit before on_train_epoch_start, so on a resumed
+        # run that draw would otherwise fall before the restored RNG state and shift every later augmentation.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_sampler=self.batch_sampler, generator=generator,
+                          **self._loader_kwargs())
 
     def _sharded(self, dataset: RetrievalDataset) -> DataLoader:
         rank, world = self.rank_and_world

@@ -8,7 +8,7 @@ sampler is rebuilt from it. Labels never reach this module's loss. It holds no e
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -21,6 +21,7 @@ from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_tea
 from plm_lightning.manifold.estimators import build_estimator
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.models.head import build_embedder
+from plm_lightning.utils.rng import collect_rng_states, set_rng_states
 
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
@@ -66,6 +67,8 @@ class PLMModule(L.LightningModule):
         self.criterion = PLMLoss(build_similarity(cfg), delta=me.delta, lambda_proxy=me.lambda_proxy,
                                  lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
                                  normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
+        # Set by on_load_checkpoint, applied at the start of the first resumed epoch (see on_train_epoch_start).
+        self._resume_state: Optional[dict[str, Any]] = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.student(images)
@@ -106,10 +109,43 @@ class PLMModule(L.LightningModule):
         datamodule: RetrievalDataModule = self.trainer.datamodule
         epoch = self.trainer.current_epoch
         sampler = datamodule.batch_sampler
+        if self._resume_state is not None:
+            # Restored here, not in on_load_checkpoint: this is the first point of the resumed run that has a
+            # counterpart in the uninterrupted one (the checkpoint is written at the end of the previous epoch and
+            # nothing draws random numbers in between), while Lightning does work of its own between loading and
+            # here. The training loader has its own generator (RetrievalDataModule.train_dataloader): Lightning
+            # creates its first iterator before this hook, and that would otherwise draw from the global RNG.
+            state, self._resume_state = self._resume_state, None
+            if state.get("neighbours") is not None and sampler.neighbours is None:
+                sampler.set_neighbours(state["neighbours"])
+            if state.get("rng") is not None:
+                set_rng_states(state["rng"])
         if sampler.neighbours is None or epoch % self.cfg.data.refresh_every == 0:
             self.refresh_neighbours(datamodule)
         # Lightning calls set_epoch on samplers, not on custom batch samplers: the order depends on it.
         sampler.set_epoch(epoch)
+
+    # --- checkpoints (exact resume) --------------------------------------------------------------------------------
+    # The teacher and the proxies (with their ``initialized`` buffer) are submodules and travel in the state_dict;
+    # here the RNG states and the sampler go along, as plain data (checkpoints load with weights_only=True).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state: dict[str, Any] = {"rng": collect_rng_states()}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sampler = getattr(datamodule, "batch_sampler", None)
+        if sampler is not None:
+            state["sampler_epoch"] = int(sampler.epoch)
+            # The table is rebuilt from the teacher at the start of an epoch only every refresh_every epochs; in
+            # between, a resumed run needs the table that the uninterrupted run still uses.
+            if self.cfg.data.refresh_every > 1 and sampler.neighbours is not None:
+                state["neighbours"] = sampler.neighbours.clone()
+        checkpoint["plm_resume"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_state = checkpoint.get("plm_resume")
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sampler = getattr(datamodule, "batch_sampler", None)
+        if self._resume_state is not None and sampler is not None and "sampler_epoch" in self._resume_state:
+            sampler.set_epoch(self._resume_state["sampler_epoch"])
 
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,87 @@
+"""Exact resume: a run stopped after one epoch and continued with resume=auto ends bitwise where an uninterrupted
+run ends (deterministic mode, CPU): the same metrics history and the same student, teacher and proxies."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def run_fit(*args):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+COMMON = ["--config", "digits.yaml", "trainer.deterministic=true", "trainer.max_epochs=3",
+          "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false"]
+
+
+def _final_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no code
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    [],  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
+    ["data.refresh_every=2", "logger.csv=false"],  # resumed mid-interval: the table comes from the checkpoint
+], ids=["refresh_every_epoch", "refresh_every_2"])
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = [*COMMON, *extra]
+    result = run_fit(*common, f"run.dir={a}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # resume=auto with nothing to resume from starts fresh (and says so); stop after one epoch of three.
+    result = run_fit(*common, f"run.dir={b}", "trainer.stop_after_epochs=1", "resume=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting fresh" in result.stdout + result.stderr
+    stopped = json.loads((b / "metrics.json").read_text())
+    assert [h["epoch"] for h in stopped["history"]] == [0]
+
+    result = run_fit(*common, f"run.dir={b}", "resume=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "resuming from" in out and "last.ckpt" in out
+    assert "initial (before training)" not in out  # the evaluation before training is not repeated
+
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert [h["epoch"] for h in mb["history"]] == [0, 1, 2]
+    for key in ("initial", "final", "best", "best_epoch", "history"):
+        assert mb[key] == ma[key], key
+
+    if "logger.csv=false" not in extra:  # the resumed run appends to the stopped run's metrics.csv
+        rows_a, rows_b = ((d / "logs" / "metrics.csv").read_text().splitlines() for d in (a, b))
+        assert rows_b == rows_a
+
+    ca, cb = _final_state(a), _final_state(b)
+    assert ca["epoch"] == cb["epoch"] == 2  # last.ckpt is the last epoch's, even when R@1 did not improve
+    assert ca["global_step"] == cb["global_step"] == 12
+    sa, sb = ca["state_dict"], cb["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert any(k.startswith("teacher.") for k in sa) and "proxies.points" in sa and "proxies.initialized" in sa
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different, different
+    # The optimiser and schedule states continue too.
+    assert ca["lr_schedulers"][0]["last_epoch"] == cb["lr_schedulers"][0]["last_epoch"]
+
+
+def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
+    from plm_lightning.config import load_config
+    from plm_lightning.experiment import resume_checkpoint
+
+    cfg = load_config("digits.yaml", [f"run.dir={tmp_path}", "resume=auto"])
+    assert resume_checkpoint(cfg, tmp_path) is None  # nothing yet: start fresh
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"")
+    assert resume_checkpoint(cfg, tmp_path) == str(last)
+    hpc.write_bytes(b"")
+    os.utime(last, (1_000, 1_000))
+    assert resume_checkpoint(cfg, tmp_path) == str(hpc)  # a SLURM requeue checkpoint newer than last.ckpt
+    os.utime(hpc, (500, 500))
+    assert resume_checkpoint(cfg, tmp_path) == str(last)
+    cfg = load_config("digits.yaml", [f"resume={hpc}"])
+    assert resume_checkpoint(cfg, tmp_path) == str(hpc.resolve())
