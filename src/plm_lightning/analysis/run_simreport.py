@@ -11,21 +11,13 @@ from omegaconf import DictConfig
 from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.plots import similarity_histograms
 from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
-from plm_lightning.models.plm_module import derived_method_values
-from plm_lightning.manifold.estimators import build_estimator
+from plm_lightning.models.plm_module import build_similarity
 from plm_lightning.utils.io import atomic_write_text
 
 
 def estimators_from_config(cfg: DictConfig, names: Sequence[str]) -> dict[str, object]:
     """Each named estimator with the config's knobs (the binary ablation applies to all when set)."""
-    me = cfg.method
-    d = derived_method_values(cfg)
-    return {name: build_estimator(name, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
-                                  max_candidates=d["max_candidates"], tau=me.tau,
-                                  subset_selection=me.subset_selection, gaussian_sigma=me.gaussian_sigma,
-                                  knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"], seed=cfg.run.seed,
-                                  binary_threshold=me.binary_threshold, symmetrize=me.symmetrize)
-            for name in names}
+    return {name: build_similarity(cfg, name) for name in names}
 
 
 def run_simreport(cfg: DictConfig, names: Sequence[str], *, features: str, ckpt: Optional[str], output: Path,

@@ -40,11 +40,11 @@ def derived_method_values(cfg: DictConfig) -> dict[str, int]:
     }
 
 
-def build_similarity(cfg: DictConfig):
-    """The similarity estimator that ``method.similarity`` (and the ablation knobs) name."""
+def build_similarity(cfg: DictConfig, name: str | None = None):
+    """The similarity estimator that ``method.similarity`` (or ``name``) and the ablation knobs describe."""
     me = cfg.method
     d = derived_method_values(cfg)
-    return build_estimator(me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
+    return build_estimator(name or me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
                            max_candidates=d["max_candidates"], tau=me.tau, subset_selection=me.subset_selection,
                            gaussian_sigma=me.gaussian_sigma, knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"],
                            seed=cfg.run.seed, binary_threshold=me.binary_threshold, symmetrize=me.symmetrize)
