@@ -326,6 +326,10 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
             continue
         try:
             step = make_step(b)
+            if device.type == "cuda":
+                # Untimed first step per shape: cuDNN autotuning and allocator growth would otherwise be timed
+                # (it made the step look 4-5x slower than in benchmarks/train_step.py).
+                timed(step, device)
             times = [timed(step, device) for _ in range(args.googlenet_repeats)]
         except (RuntimeError, MemoryError) as exc:  # CUDA OOM is a RuntimeError subclass
             if per_image is None:
