@@ -11,17 +11,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor, StopAfterEpochs
+from plm_lightning.callbacks.throughput import Throughput
+from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
+from plm_lightning.callbacks.plots import RunPlots
 from plm_lightning.config.loading import to_yaml
 from plm_lightning.data import DATASETS
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.models.plm_module import PLMModule
-from plm_lightning.models.head import backbone_input_channels
+from plm_lightning.models.head import backbone_input_channels, backbone_input_space
 from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
 from plm_lightning.utils.io import atomic_write_text
 
@@ -70,6 +74,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         mode = wandb_mode(cfg)
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_id = None if run_id in ("", "None") else run_id  # "None": written by an earlier version of fit()
         logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity,
                              name=cfg.logger.name or cfg.run.name or run_dir.name, save_dir=str(run_dir),
                              tags=list(cfg.logger.tags), mode=mode, id=run_id,
@@ -84,13 +89,15 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, R
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
-    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels, seed=cfg.run.seed)
+    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels,
+                                     input_space=backbone_input_space(cfg.model.backbone), seed=cfg.run.seed)
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     module = PLMModule(container, in_channels=channels)
     evaluation = RetrievalEvaluation(
         cfg.eval.ks, every_n_epochs=cfg.eval.every_n_epochs, before_training=cfg.eval.before_training,
         backend=cfg.eval.backend, normalize=cfg.eval.normalize, map_r=cfg.eval.map_r, nmi=cfg.eval.nmi,
-        memory_budget_mb=cfg.eval.memory_budget_mb, seed=cfg.run.seed, run_dir=str(run_dir))
+        memory_budget_mb=cfg.eval.memory_budget_mb, seed=cfg.run.seed, run_dir=str(run_dir),
+        on_device=cfg.eval.on_device)
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
                                  monitor="val/R@1", mode="max", save_last=False, save_top_k=1,
                                  auto_insert_metric_name=False, every_n_epochs=cfg.eval.every_n_epochs,
@@ -102,20 +109,28 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, R
                            every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = build_loggers(cfg, run_dir)
     callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint, last]
+    callbacks.append(Throughput())  # train/images_per_sec, train/data_wait_fraction: is loading the bottleneck?
+    if cfg.eval.plots:  # after the evaluation callback: it draws from what that one computed
+        callbacks.insert(1, RunPlots(cfg, evaluation, str(run_dir)))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if cfg.trainer.stop_after_epochs is not None:
         callbacks.append(StopAfterEpochs(cfg.trainer.stop_after_epochs))
+    plugins: list[Any] = [SafeCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Requeue at an epoch boundary, which resumes exactly, instead of Lightning's mid-step hpc checkpoint.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(SlurmRequeue())
     t = cfg.trainer
     world = t.devices * t.num_nodes
     trainer = L.Trainer(
-        default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, precision=t.precision, strategy="ddp" if world > 1 else "auto",
         deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
         # The nearest-neighbour batch sampler shards batches by rank itself; evaluation uses no Lightning loop.
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
-        logger=loggers if loggers else False, callbacks=callbacks, plugins=[SafeCheckpointIO()],
+        logger=loggers if loggers else False, callbacks=callbacks, plugins=plugins,
     )
     return trainer, module, datamodule, evaluation, run_dir
 
@@ -167,8 +182,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     _write_config(cfg, run_dir)
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
-            # Persist the run id so that a restarted job continues the same W&B run (never the API key).
-            atomic_write_text(run_dir / "wandb_id.txt", str(logger.version) + "\n")
+            # Persist the run id so that a restarted job continues the same W&B run (never the API key). The run is
+            # started first: before that, `version` is only the id given to the logger (None on a first start).
+            atomic_write_text(run_dir / "wandb_id.txt", str(logger.experiment.id) + "\n")
     ckpt_path = resume_checkpoint(cfg, run_dir)
     if ckpt_path is not None:
         _keep_csv_history(trainer)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.models.embedding_pass import embed_loader
-from plm_lightning.models.head import backbone_input_channels
+from plm_lightning.models.head import backbone_input_channels, backbone_input_space
 from plm_lightning.models.plm_module import PLMModule
 from plm_lightning.utils.checkpoint_io import load_checkpoint_file
 
@@ -22,7 +22,8 @@ def build_module(cfg: DictConfig) -> tuple[PLMModule, RetrievalDataModule]:
     channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
     torch.manual_seed(cfg.run.seed)  # the "initial" network is the one plm-fit would start from
     module = PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=channels)
-    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels, seed=cfg.run.seed)
+    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels,
+                                     input_space=backbone_input_space(cfg.model.backbone), seed=cfg.run.seed)
     datamodule.setup("fit")
     return module, datamodule
 

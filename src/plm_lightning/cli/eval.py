@@ -305,7 +305,10 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     state: dict[str, Any] = load_checkpoint_file(ckpt)  # ValueError (one line) if it needs unpickling
     if not isinstance(state, dict) or "state_dict" not in state:
         raise InputError(f"--ckpt {ckpt}: no 'state_dict' in the file (not a plm-fit checkpoint)")
-    module, datamodule = build_module(cfg)
+    from omegaconf import OmegaConf
+
+    # The checkpoint replaces every weight: no pretrained download (and no network) needed to evaluate it.
+    module, datamodule = build_module(OmegaConf.merge(cfg, {"model": {"pretrained": False}}))
     mismatch = _state_mismatch(module.state_dict(), state["state_dict"])
     if mismatch:
         raise InputError(f"--ckpt {ckpt}: does not fit the model built from --config {cfg_name} ({mismatch}); "
@@ -316,15 +319,25 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     module = plugin.convert_module(module).to(dev)
     loader = datamodule.test_embedding_dataloader() if split == "test" else datamodule.train_embedding_dataloader()
     # The student, as the training-time evaluation (callbacks/retrieval_evaluation.py) embeds it.
-    _, emb, lab = embed_loader(module.student, loader, dev, plugin.forward_context)
-    emb, lab = emb.cpu(), lab.cpu()
+    idx, emb, lab = embed_loader(module.student, loader, dev, plugin.forward_context)
+    order = torch.argsort(idx.cpu())  # row i = dataset item i, as the masks below index them
+    emb, lab = emb.cpu()[order], lab.cpu()[order]
     ks = list(ks or cfg.eval.ks)
-    _check_ks_fit(ks, emb.shape[0] - 1, f"other items of the {split} split")
-    message = singleton_note(lab.numpy())
-    metrics = evaluate_embeddings(emb, lab, ks, normalize=bool(cfg.eval.normalize) and not no_normalize,
-                                  backend=backend or cfg.eval.backend, map_r=bool(cfg.eval.map_r),
-                                  compute_nmi=bool(cfg.eval.nmi) and not no_nmi, seed=int(cfg.run.seed),
-                                  memory_budget_mb=float(cfg.eval.memory_budget_mb))
+    options = dict(normalize=bool(cfg.eval.normalize) and not no_normalize, backend=backend or cfg.eval.backend,
+                   map_r=bool(cfg.eval.map_r), compute_nmi=bool(cfg.eval.nmi) and not no_nmi, seed=int(cfg.run.seed),
+                   memory_budget_mb=float(cfg.eval.memory_budget_mb))
+    query = getattr(datamodule.test_set, "query_mask", None) if split == "test" else None
+    if query is not None:  # In-Shop: query images search the gallery, as in training-time evaluation
+        from plm_lightning.retrieval import evaluate_query_gallery
+
+        query = torch.as_tensor(query, dtype=torch.bool)
+        _check_ks_fit(ks, int((~query).sum()), "gallery items")
+        message = no_match_note(lab[query].numpy(), lab[~query].numpy())
+        metrics = evaluate_query_gallery(emb[query], lab[query], emb[~query], lab[~query], ks, **options)
+    else:
+        _check_ks_fit(ks, emb.shape[0] - 1, f"other items of the {split} split")
+        message = singleton_note(lab.numpy())
+        metrics = evaluate_embeddings(emb, lab, ks, **options)
     if message:
         note(message)
     return metrics

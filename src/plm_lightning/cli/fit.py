@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from plm_lightning.cli.common import config_or_none
+from plm_lightning.cli.common import config_or_none, fail
 from plm_lightning.config import to_yaml
 
 
@@ -30,9 +30,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from plm_lightning.data.base import DatasetError
+    from plm_lightning.data.images import UnreadableImageError
+    from plm_lightning.models.backbones import PretrainedWeightsError
     from plm_lightning.experiment import fit  # heavy imports only once the config is known to be good
 
-    fit(cfg)
+    try:
+        fit(cfg)
+    except PretrainedWeightsError as exc:  # offline, or a corrupt download: raised before training starts
+        return fail("plm-fit", str(exc))
+    except DatasetError as exc:  # the dataset folder does not match its metadata / the official counts
+        return fail("plm-fit", str(exc).splitlines()[0])
+    except UnreadableImageError as exc:
+        # From a DataLoader worker the message carries the worker's traceback; its "cannot read image" line says it.
+        lines = [ln for ln in str(exc).splitlines() if "cannot read image" in ln] or str(exc).splitlines() or [""]
+        message = lines[-1][lines[-1].find("cannot read image"):] if "cannot read image" in lines[-1] else lines[-1]
+        return fail("plm-fit", f"{message}; set data.skip_unreadable=true to skip unreadable images")
     return 0
 
 

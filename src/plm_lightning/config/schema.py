@@ -25,8 +25,9 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | folder | synthetic
-    root: Optional[str] = None  # dataset folder (not used by the embedded digits dataset)
+    name: str = "digits"  # digits | folder | synthetic | cub | cars196 | sop | inshop
+    # dataset folder (not used by digits / synthetic); null = $PLM_DATA/<name>. Prepare one with `plm-data prepare`
+    root: Optional[str] = None
     image_size: int = 227  # train crop / eval centre crop
     resize: int = 256  # eval resize before the centre crop
     batch_size: int = 120  # B, images per training batch (per process)
@@ -34,18 +35,32 @@ class DataConfig:
     refresh_every: int = 1  # rebuild the nearest-neighbour table from teacher embeddings every N epochs
     eval_batch_size: int = 256
     num_workers: int = 0
+    prefetch_factor: int = 2  # batches each loader worker loads ahead (used only when num_workers > 0)
     augment: bool = True
     train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
+    # folder datasets: explicit class-disjoint split by class folder name ([] = use train_class_fraction; one list
+    # given = the other split gets the remaining classes)
+    train_classes: List[str] = field(default_factory=list)
+    test_classes: List[str] = field(default_factory=list)
+    # benchmarks: compare each split with the official image / class counts; false for a subset or miniature copy
+    # (listed files missing on disk are an error either way)
+    check_counts: bool = True
+    # false: an unreadable (truncated, corrupt) image stops the run naming its path; true: log it, count it and
+    # use the next readable image of the same class instead
+    skip_unreadable: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "googlenet"  # small_cnn | mlp | googlenet | resnet50
-    pretrained: bool = True  # ImageNet weights via torchvision's weights API (needs network once)
+    backbone: str = "googlenet"  # small_cnn | mlp | googlenet | resnet50 | bn_inception
+    pretrained: bool = True  # ImageNet weights (torchvision; bn_inception: pretrainedmodels); need network once
     embedding_dim: int = 128
     pooling: str = "avg+max"  # avg | max | avg+max (summed)
     width: int = 64  # small_cnn: channels of the first block; mlp: hidden units
+    # Backbone batch norm in eval mode (running statistics fixed) with frozen affine parameters: standard for
+    # BN-Inception in deep metric learning, whose small batches (of few classes) give poor batch statistics.
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -90,6 +105,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 90
+    max_steps: int = -1  # stop after this many optimizer steps in total (smoke runs); -1 = no limit
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -114,6 +130,8 @@ class EvalConfig:
     map_r: bool = True
     nmi: bool = True
     memory_budget_mb: float = 512.0
+    on_device: bool = True  # compute the metrics on the training device (GPU): exact either way, faster there
+    plots: bool = True  # PNGs in run.dir/plots (and W&B images): Recall@K curve, retrieval grid, s histograms, PCA
 
 
 @dataclass

@@ -41,6 +41,32 @@ def _require(condition: bool, key: str, value, expectation: str) -> None:
         raise ConfigError(f"invalid value for config key '{key}': {value!r} ({expectation})")
 
 
+def _check_data_root(cfg: DictConfig, dataset) -> None:
+    """The dataset's folder exists and looks like the dataset (its metadata files are there). Counting and
+    checking every listed image needs the files read, so that waits for dataset construction (DatasetError)."""
+    from plm_lightning.data.paths import RootUnsetError, resolve_root
+
+    try:
+        root = resolve_root(cfg.data.name, cfg.data.root)
+    except RootUnsetError as exc:
+        raise ConfigError(f"invalid value for config key 'data.root': None ({exc})") from None
+    shown = str(root)
+    origin = "" if cfg.data.root is not None else f" (data.root is null: $PLM_DATA/{cfg.data.name})"
+    hint = dataset.prepare_hint(root) if hasattr(dataset, "prepare_hint") else "point data.root at the dataset"
+    _require(root.is_dir(), "data.root", shown, f"folder does not exist{origin}; {hint}")
+    missing = [m for m in getattr(dataset, "metadata_files", ()) if not (root / m).is_file()]
+    _require(not missing, "data.root", shown, f"not a {getattr(dataset, 'title', cfg.data.name)} folder{origin}: "
+             f"{', '.join(missing)} missing; {hint}")
+    if cfg.data.name == "folder":
+        from plm_lightning.data.folder import class_folders, split_classes
+
+        try:
+            split_classes(class_folders(root), cfg.data.train_class_fraction, list(cfg.data.train_classes),
+                          list(cfg.data.test_classes))
+        except ValueError as exc:
+            raise ConfigError(f"invalid data split of data.root {shown}: {exc}") from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
@@ -51,7 +77,8 @@ def validate_config(cfg: DictConfig) -> None:
                               f"{', '.join(map(str, allowed))}{hint}")
 
     positive = ["data.image_size", "data.resize", "data.batch_size", "data.neighbours_per_seed",
-                "data.refresh_every", "data.eval_batch_size", "model.embedding_dim", "model.width",
+                "data.refresh_every", "data.eval_batch_size", "data.prefetch_factor", "model.embedding_dim",
+                "model.width",
                 "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "method.gaussian_sigma", "optim.lr",
                 "trainer.max_epochs", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
                 "eval.every_n_epochs", "eval.memory_budget_mb"]
@@ -74,6 +101,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
     ltb = cfg.trainer.limit_train_batches
     _require(ltb is None or ltb > 0, "trainer.limit_train_batches", ltb, "must be positive or null")
+    _require(cfg.trainer.max_steps == -1 or cfg.trainer.max_steps > 0, "trainer.max_steps", cfg.trainer.max_steps,
+             "must be positive, or -1 for no limit")
     _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,
              f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}")
 
@@ -101,9 +130,16 @@ def validate_config(cfg: DictConfig) -> None:
         except ValueError as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
     if dataset.needs_root:
-        root = cfg.data.root
-        _require(root is not None, "data.root", root, f"dataset '{cfg.data.name}' needs its folder")
-        _require(Path(root).expanduser().is_dir(), "data.root", root, "folder does not exist")
+        _check_data_root(cfg, dataset)
+    for key in ("data.train_classes", "data.test_classes"):
+        value = list(_get(cfg, key))
+        _require(not value or cfg.data.name == "folder", key, value, "applies to data.name=folder only")
+    if cfg.model.backbone == "bn_inception" and dataset.augmentation != "vector":
+        from plm_lightning.models.bn_inception import bn_inception_map_size
+
+        size = cfg.data.image_size
+        _require(bn_inception_map_size(size) is not None, "data.image_size", size,
+                 "does not fit bn_inception's stride-2 blocks; use e.g. 224 or 227")
     spec = BACKBONES[cfg.model.backbone]
     if cfg.model.pretrained and not spec.pretrainable:
         raise ConfigError(f"invalid value for config key 'model.pretrained': true ('{cfg.model.backbone}' has no "

@@ -7,12 +7,24 @@ import torch
 from torch.utils.data import Dataset
 
 
+class DatasetError(ValueError):
+    """A dataset folder that does not hold what its metadata or the official split promises (missing metadata or
+    image files, wrong counts, unknown class names). One line, naming the folder or file."""
+
+
 class RetrievalDataset(Dataset):
     """A class-disjoint split of a retrieval dataset. Items are (image, label, dataset index).
 
     Subclasses set ``labels`` (a LongTensor, one per item) and implement ``load(i)``. Labels are read by evaluation
-    and diagnostics only; nothing that changes the weights sees them.
+    and diagnostics only; nothing that changes the weights sees them, and evaluation only compares them for
+    equality: they may be the official class ids (not contiguous, not starting at 0).
+
+    ``query_mask``: None means the standard protocol (query set = gallery set = the whole split, each item queries
+    all others). A BoolTensor (one per item) means separate sets: the True items are the queries and the False
+    items the gallery (In-Shop's test split; see InShopDataset.is_query / is_gallery).
     """
+
+    query_mask: Optional[torch.Tensor] = None
 
     name: str = ""
     needs_root: bool = True  # False for datasets that ship with a package (digits)
@@ -52,3 +64,8 @@ class RetrievalDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return int(self.labels.unique().numel())
+
+    @property
+    def class_ids(self) -> list[int]:
+        """The sorted label values of this split (for the benchmarks: the official class ids)."""
+        return [int(c) for c in self.labels.unique().tolist()]

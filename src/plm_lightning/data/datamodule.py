@@ -1,5 +1,8 @@
 """The LightningDataModule: datasets, transforms, the nearest-neighbour training batches, and the deterministic
-loaders that the teacher's embedding pass and the evaluation iterate (sharded by rank, gathered by index)."""
+loaders that the teacher's embedding pass and the evaluation iterate (sharded by rank, gathered by index).
+
+Images stream from disk through ``data.num_workers`` worker processes (persistent for the training loader, each
+loading ``data.prefetch_factor`` batches ahead), into pinned memory when training on CUDA."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
@@ -31,13 +34,41 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class _StartOnFirstBatch:
+    """An iterator that creates the loader's real iterator at the first next()."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self.iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = DataLoader.__iter__(self.loader)
+        return next(self.iterator)
+
+
+class LazyStartDataLoader(DataLoader):
+    """A DataLoader whose worker processes start drawing batches at the first batch, not at iter(). Lightning calls
+    iter() on the training loader before on_train_epoch_start (first epoch, resumed epoch), and worker processes
+    prefetch indices from the batch sampler at once; its neighbour table and epoch are set only in that hook."""
+
+    def __iter__(self):
+        return _StartOnFirstBatch(self)
+
+
 class RetrievalDataModule(L.LightningDataModule):
-    def __init__(self, cfg: "DataConfig", *, backbone_channels: int, seed: int = 0):
+    def __init__(self, cfg: "DataConfig", *, backbone_channels: int, input_space: str = "any", seed: int = 0):
+        """backbone_channels / input_space: what the backbone takes (BackboneSpec; head.backbone_input_channels
+        and head.backbone_input_space), so the transforms end in the preprocessing its weights expect."""
         super().__init__()
         self.cfg = cfg
         self.seed = seed
         self.dataset_cls = DATASETS[cfg.name]
         self.backbone_channels = backbone_channels
+        self.input_space = input_space
         self.train_set: Optional[RetrievalDataset] = None
         self.train_eval_set: Optional[RetrievalDataset] = None
         self.test_set: Optional[RetrievalDataset] = None
@@ -47,7 +78,8 @@ class RetrievalDataModule(L.LightningDataModule):
         cls = self.dataset_cls
         transform = build_transform(augmentation=cls.augmentation, train=train_transform, augment=self.cfg.augment,
                                     image_size=self.cfg.image_size, resize=self.cfg.resize,
-                                    in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels)
+                                    in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels,
+                                    input_space=self.input_space)
         return cls.from_config(split, transform, self.cfg)
 
     @property
@@ -70,16 +102,25 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _loader_kwargs(self) -> dict:
         workers = self.cfg.num_workers
-        return {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
-                "persistent_workers": workers > 0}
+        kwargs = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self._on_cuda()}
+        if workers > 0:  # DataLoader rejects prefetch_factor without workers
+            kwargs["prefetch_factor"] = getattr(self.cfg, "prefetch_factor", 2)
+        return kwargs
+
+    def _on_cuda(self) -> bool:
+        """Page-locked host memory speeds up (and overlaps) the copy to a GPU; on a CPU run it only costs memory."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
 
     def train_dataloader(self) -> DataLoader:
         # An own generator for the loader's base seed: creating its iterator then draws nothing from the global
         # torch RNG. Lightning creates the first iterator of a fit before on_train_epoch_start, so on a resumed
         # run that draw would otherwise fall before the restored RNG state and shift every later augmentation.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_sampler=self.batch_sampler, generator=generator,
-                          **self._loader_kwargs())
+        return LazyStartDataLoader(self.train_set, batch_sampler=self.batch_sampler, generator=generator,
+                                   **self._loader_kwargs())
 
     def _sharded(self, dataset: RetrievalDataset) -> DataLoader:
         rank, world = self.rank_and_world

@@ -8,6 +8,9 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The Caffe models' per-channel mean in BGR order, on the 0-255 scale (BN-Inception: input space "caffe_bgr255").
+CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
+INPUT_SPACES = ("imagenet_rgb", "caffe_bgr255", "any")  # BackboneSpec.input_space (models/backbones.py)
 # Train-time augmentation of vector data: isotropic Gaussian jitter of this std (absolute, in data units; for the
 # synthetic manifolds, whose class pieces span [-1, 1] along each tangent direction, that is 0.5% of a piece's width
 # and equal to the default data.synthetic.noise).
@@ -32,11 +35,37 @@ class VectorTransform:
         return f"{type(self).__name__}(jitter_std={self.jitter_std})"
 
 
+class CaffeBGR255:
+    """RGB in [0, 1] (C x H x W) -> BGR on the 0-255 scale minus CAFFE_BGR_MEAN, no std division: the input of
+    Caffe-trained weights (BN-Inception). A class rather than a lambda, so DataLoader workers can pickle it."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(CAFFE_BGR_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
+        return image.flip(-3) * 255.0 - mean
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean_bgr={CAFFE_BGR_MEAN})"
+
+
+def _input_space_steps(input_space: str, out_channels: int) -> list:
+    """The final steps that turn an RGB (or gray) image in [0, 1] into what the backbone's weights expect."""
+    if input_space == "caffe_bgr255":
+        return [CaffeBGR255()]
+    if input_space == "imagenet_rgb" or (input_space == "any" and out_channels == 3):
+        return [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [v2.Normalize((0.5,), (0.5,))]  # "any", one channel
+
+
 def build_transform(*, augmentation: str, train: bool, augment: bool, image_size: int, resize: int,
-                    in_channels: int, out_channels: int) -> Callable[[Any], torch.Tensor]:
+                    in_channels: int, out_channels: int, input_space: str = "any") -> Callable[[Any], torch.Tensor]:
     """augmentation: the dataset family ("natural" photographs, "digits", or "vector" features).
     in_channels: what the dataset yields (1 or 3); out_channels: what the backbone takes (1 or 3).
+    input_space: the backbone's (BackboneSpec.input_space): "imagenet_rgb" (torchvision weights: ImageNet
+    mean/std), "caffe_bgr255" (BN-Inception: BGR, 0-255, minus the Caffe mean) or "any" (small nets trained from
+    scratch: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for 1).
     Vector data ignores the image arguments: no image ops, no Normalize, only VECTOR_JITTER_STD jitter in training."""
+    if input_space not in INPUT_SPACES:
+        raise ValueError(f"unknown input space {input_space!r}; one of {', '.join(INPUT_SPACES)}")
     if augmentation == "vector":
         return VectorTransform(VECTOR_JITTER_STD if train and augment else 0.0)
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
@@ -50,8 +79,4 @@ def build_transform(*, augmentation: str, train: bool, augment: bool, image_size
         steps += [v2.RandomResizedCrop(image_size, scale=(0.16, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     else:
         steps += [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
-    if out_channels == 3:
-        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    else:
-        steps.append(v2.Normalize((0.5,), (0.5,)))
-    return v2.Compose(steps)
+    return v2.Compose(steps + _input_space_steps(input_space, out_channels))

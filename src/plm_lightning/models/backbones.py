@@ -1,12 +1,16 @@
 """Backbones: networks that map images to a feature map (B x C x H x W), or vectors to features (B x C: mlp).
-Pooling and embedding live in head.py."""
+Pooling and embedding live in head.py. Each backbone names the input space its weights expect (PROTOCOLS.md §3);
+data/transforms.py builds the matching preprocessing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+from urllib.error import URLError
 
 import torch
 from torch import nn
+
+from plm_lightning.models import bn_inception as _bn
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,29 @@ class BackboneSpec:
     out_channels: Callable[[int], int]  # width -> channels of the feature map
     input_channels: int  # 0 = any (follows the dataset), else what the network takes
     pretrainable: bool
+    # The preprocessing the (pretrained) weights expect, one of data/transforms.INPUT_SPACES: "imagenet_rgb" (RGB in
+    # [0, 1], ImageNet mean/std: torchvision), "caffe_bgr255" (BGR, 0-255, minus the Caffe mean [104, 117, 128], no
+    # std: BN-Inception) or "any" (small nets from scratch: the dataset's own normalisation, vectors unchanged).
+    input_space: str
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be downloaded or loaded. The message is one line naming model.pretrained;
+    plm-fit prints it and exits with 2."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "reason", None) or exc).split())
+
+
+def _download_error(name: str, exc: BaseException) -> PretrainedWeightsError:
+    if isinstance(exc, (URLError, ConnectionError, TimeoutError)):  # also DNS failures, refused connections
+        return PretrainedWeightsError(
+            f"could not download pretrained {name} weights: no network ({_one_line(exc)}); they are needed once "
+            f"(then cached under {torch.hub.get_dir()}), or set model.pretrained=false")
+    # torch.hub's check_hash (a truncated or altered download), an unwritable cache, ...
+    return PretrainedWeightsError(f"could not load pretrained {name} weights ({_one_line(exc)}); delete the cached "
+                                  f"file under {torch.hub.get_dir()} and retry, or set model.pretrained=false")
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -49,10 +76,11 @@ def _torchvision(name: str, weights_enum: str):
         weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
         kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" and weights is None else {}
         try:
+            # With weights, torchvision's GoogLeNet sets transform_input=True: it takes ImageNet-normalised input
+            # (our "imagenet_rgb") and maps it to the (x - 0.5) / 0.5 scaling its ported weights were trained on.
             net = ctor(weights=weights, **kwargs)
-        except (OSError, RuntimeError) as exc:  # URLError is an OSError
-            raise RuntimeError(f"could not load pretrained {name} weights ({exc}); they need network access once "
-                               f"(then they are cached), or set model.pretrained=false") from None
+        except (URLError, OSError, RuntimeError) as exc:  # URLError is an OSError; RuntimeError: hash check
+            raise _download_error(name, exc) from None
         # Keep everything up to the last feature map: drop pooling, dropout and the classifier.
         if name == "googlenet":
             # Unused parameters would also break DDP (every parameter must receive a gradient).
@@ -83,11 +111,28 @@ class _GoogLeNetFeatures(nn.Module):
         return x
 
 
+def bn_inception(pretrained: bool = True, in_channels: int = 3, width: int = 0) -> nn.Module:
+    """BN-Inception (models/bn_inception.py); pretrained: the ImageNet weights of the pretrainedmodels port,
+    downloaded once (hash-checked) and cached under torch.hub.get_dir()."""
+    model = _bn.BNInception()
+    if not pretrained:
+        return model
+    try:
+        state = torch.hub.load_state_dict_from_url(_bn.WEIGHTS_URL, map_location="cpu", check_hash=True,
+                                                   weights_only=True, progress=False)
+    except (URLError, OSError, RuntimeError) as exc:
+        raise _download_error("bn_inception", exc) from None
+    _bn.load_pretrained_state(model, state)
+    return model
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "small_cnn": BackboneSpec(small_cnn, lambda w: 2 * w, input_channels=0, pretrainable=False),
-    "mlp": BackboneSpec(mlp, lambda w: w, input_channels=0, pretrainable=False),
+    "small_cnn": BackboneSpec(small_cnn, lambda w: 2 * w, input_channels=0, pretrainable=False, input_space="any"),
+    "mlp": BackboneSpec(mlp, lambda w: w, input_channels=0, pretrainable=False, input_space="any"),
     "googlenet": BackboneSpec(_torchvision("googlenet", "GoogLeNet_Weights"), lambda w: 1024, input_channels=3,
-                              pretrainable=True),
+                              pretrainable=True, input_space="imagenet_rgb"),
     "resnet50": BackboneSpec(_torchvision("resnet50", "ResNet50_Weights"), lambda w: 2048, input_channels=3,
-                             pretrainable=True),
+                             pretrainable=True, input_space="imagenet_rgb"),
+    "bn_inception": BackboneSpec(bn_inception, lambda w: _bn.OUT_CHANNELS, input_channels=3, pretrainable=True,
+                                 input_space="caffe_bgr255"),
 }

@@ -33,12 +33,31 @@ class EmbeddingHead(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Backbone + head: images -> unnormalised embeddings. The loss and the evaluation normalise."""
+    """Backbone + head: images -> unnormalised embeddings. The loss and the evaluation normalise.
 
-    def __init__(self, backbone: nn.Module, head: EmbeddingHead):
+    freeze_bn: the backbone's batch-norm layers stay in eval mode (normalise with, and never update, their running
+    statistics) and their affine parameters are not trained. Enforced in train(), which Lightning and every parent
+    module call on their children, so it survives each epoch's model.train()."""
+
+    def __init__(self, backbone: nn.Module, head: EmbeddingHead, freeze_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for bn in self._backbone_batch_norms():
+                bn.requires_grad_(False)  # the optimiser skips parameters without gradients; so does DDP
+            self.train(self.training)
+
+    def _backbone_batch_norms(self) -> list[nn.Module]:
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn:
+            for bn in self._backbone_batch_norms():
+                bn.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -49,8 +68,13 @@ def backbone_input_channels(backbone: str, dataset_channels: int) -> int:
     return spec.input_channels or dataset_channels
 
 
+def backbone_input_space(backbone: str) -> str:
+    """The preprocessing the backbone expects (BackboneSpec.input_space; data/transforms.py builds it)."""
+    return BACKBONES[backbone].input_space
+
+
 def build_embedder(backbone: str, *, embedding_dim: int, pooling: str, pretrained: bool, in_channels: int,
-                   width: int = 64) -> Embedder:
+                   width: int = 64, freeze_bn: bool = False) -> Embedder:
     spec = BACKBONES[backbone]
     net = spec.build(pretrained=pretrained, in_channels=in_channels, width=width)
-    return Embedder(net, EmbeddingHead(spec.out_channels(width), embedding_dim, pooling))
+    return Embedder(net, EmbeddingHead(spec.out_channels(width), embedding_dim, pooling), freeze_bn=freeze_bn)

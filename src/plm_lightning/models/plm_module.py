@@ -59,7 +59,8 @@ class PLMModule(L.LightningModule):
         self.cfg = cfg
         m = cfg.model
         self.student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling,
-                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width)
+                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width,
+                                      freeze_bn=bool(m.get("freeze_bn", False)))  # absent in older checkpoints
         self.teacher = make_teacher(self.student)
         me = cfg.method
         derived = derived_method_values(cfg)

@@ -1,0 +1,129 @@
+"""The run's figures, as PNGs in ``RUN_DIR/plots/`` and as images in W&B when that logger is active.
+
+- ``recall.png``: Recall@K (and MAP@R) against epoch, redrawn after every evaluation;
+- ``retrieval_grid.png``: fixed test queries with their top-K results (green / red: same / different class), raw
+  images (not the normalised tensors); skipped for vector datasets;
+- ``similarity_hist.png``: the method's similarity (``build_similarity``) on nearest-neighbour batches of test
+  embeddings, same-class vs different-class pairs;
+- ``embeddings_pca.png``: the test embeddings projected on their first two principal components, by class.
+
+Everything is drawn from what the evaluation callback already computed (its history and its last test
+embeddings); only rank 0 draws. Labels are read here for display only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig
+
+from plm_lightning.callbacks.retrieval_evaluation import RetrievalEvaluation
+
+PLOTS_DIR = "plots"
+
+
+class RunPlots(Callback):
+    def __init__(self, cfg: DictConfig, evaluation: RetrievalEvaluation, run_dir: str, *, num_queries: int = 6,
+                 top_k: int = 8, max_similarity_batches: int = 20):
+        self.cfg = cfg
+        self.evaluation = evaluation
+        self.out = Path(run_dir) / PLOTS_DIR
+        self.num_queries = num_queries
+        self.top_k = top_k
+        self.max_similarity_batches = max_similarity_batches
+        self.written: dict[str, Path] = {}
+        self._drawn = 0  # evaluations in the last Recall@K curve
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the evaluation callback (registered first), so a due evaluation is already in the history.
+        if trainer.is_global_zero and len(self.evaluation.history) > self._drawn:
+            self._recall()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        try:
+            if self.evaluation.history:
+                self._recall()
+            emb, lab = self._test_embeddings(trainer, pl_module)
+            if emb is not None and emb.shape[0] > 2:
+                self._test_split_plots(trainer, emb, lab)
+        except Exception as exc:  # a figure is never worth losing a finished run
+            rank_zero_warn(f"plots: could not draw the run's figures: {type(exc).__name__}: {exc}")
+            return
+        self._log_wandb(trainer)
+
+    # --- figures -------------------------------------------------------------------------------------------------
+    def _save(self, name: str, fig) -> None:
+        from plm_lightning.analysis.run_plots import save_figure
+
+        path = self.out / f"{name}.png"
+        save_figure(fig, path)
+        self.written[name] = path
+
+    def _recall(self) -> None:
+        from plm_lightning.analysis.run_plots import recall_curve
+
+        self._save("recall", recall_curve(self.evaluation.history, self.evaluation.ks, self.evaluation.initial))
+        self._drawn = len(self.evaluation.history)
+
+    def _test_embeddings(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        if self.evaluation.last_embeddings is not None:
+            return self.evaluation.last_embeddings.numpy(), self.evaluation.last_labels.numpy()
+        # Nothing evaluated in this invocation (e.g. resumed after the last epoch): embed the test split here.
+        from torch.utils.data import DataLoader
+
+        from plm_lightning.models.embedding_pass import embed_loader
+
+        test_set = trainer.datamodule.test_set
+        if test_set is None:
+            return None, None
+        loader = DataLoader(test_set, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
+        _, emb, lab = embed_loader(pl_module.student, loader, pl_module.device,
+                                   trainer.precision_plugin.forward_context)
+        return emb.cpu().numpy(), lab.cpu().numpy()
+
+    def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
+        from plm_lightning.analysis.run_plots import (embedding_projection, nearest_excluding_self,
+                                                      pair_similarities, query_choice, raw_image, retrieval_grid,
+                                                      same_class_histogram)
+        from plm_lightning.models.plm_module import build_similarity
+
+        cfg = self.cfg
+        normalize = bool(cfg.eval.normalize)
+        test_set = trainer.datamodule.test_set
+        if test_set is not None and getattr(test_set, "augmentation", "") != "vector":
+            queries = query_choice(lab, self.num_queries)
+            neighbours = nearest_excluding_self(emb, queries, self.top_k, normalize=normalize)
+            grid = retrieval_grid(
+                [raw_image(test_set.load(q)) for q in queries],
+                [[raw_image(test_set.load(int(j))) for j in row] for row in neighbours],
+                matches=[[bool(lab[j] == lab[q]) for j in row] for q, row in zip(queries, neighbours)],
+                captions=[[f"{r + 1}: {lab[j]}" for r, j in enumerate(row)] for row in neighbours],
+                query_captions=[f"query: {lab[q]}" for q in queries],
+                title=f"{cfg.data.name} test split: top-{neighbours.shape[1]} (green = same class)")
+            self._save("retrieval_grid", grid)
+        name = cfg.method.similarity
+        same, different, quality = pair_similarities(
+            emb, lab, build_similarity(cfg), batch_size=cfg.data.batch_size,
+            neighbours_per_seed=cfg.data.neighbours_per_seed, seed=cfg.run.seed,
+            max_batches=self.max_similarity_batches, normalize=bool(cfg.method.normalize_teacher),
+            backend=cfg.eval.backend)
+        self._save("similarity_hist", same_class_histogram(
+            same, different, quality=quality,
+            title=f"{name} similarity on nearest-neighbour batches of test embeddings"))
+        self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
+
+    def _log_wandb(self, trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ != "WandbLogger" or not self.written:
+                continue
+            try:
+                import wandb
+
+                images = {f"plots/{name}": wandb.Image(str(path)) for name, path in self.written.items()}
+                logger.experiment.log({**images, "trainer/global_step": trainer.global_step})
+            except Exception as exc:  # W&B trouble must not fail a finished run either
+                rank_zero_warn(f"plots: could not log the figures to W&B: {type(exc).__name__}: {exc}")

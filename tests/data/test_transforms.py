@@ -1,0 +1,137 @@
+"""Per-backbone preprocessing (PROTOCOLS.md §3) and the loaders of the DataModule.
+
+Input spaces: imagenet_rgb (torchvision weights: ImageNet mean/std), caffe_bgr255 (BN-Inception: BGR, 0-255, minus
+[104, 117, 128]), any (small nets: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for gray). Train: random resized
+crop (scale 0.16-1) + flip; eval: resize + centre crop."""
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from plm_lightning.config import load_config
+from plm_lightning.data.datamodule import RetrievalDataModule
+from plm_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CaffeBGR255, build_transform
+
+
+def natural(input_space, train=False, in_channels=3, image_size=8, resize=10):
+    return build_transform(augmentation="natural", train=train, augment=True, image_size=image_size, resize=resize,
+                           in_channels=in_channels, out_channels=3, input_space=input_space)
+
+
+def solid(rgb, size=(12, 16)):
+    return Image.fromarray(np.full((*size, 3), rgb, dtype=np.uint8))
+
+
+def test_caffe_bgr255_maps_a_known_pixel():
+    out = natural("caffe_bgr255")(solid((255, 128, 0)))
+    # RGB (255, 128, 0) -> BGR (0, 128, 255) -> minus the BGR mean (104, 117, 128); no std division
+    expected = torch.tensor([0.0 - 104, 128.0 - 117, 255.0 - 128])
+    assert out.shape == (3, 8, 8) and out.dtype == torch.float32
+    assert torch.allclose(out[:, 4, 4], expected, atol=1e-3)
+    assert torch.allclose(out, expected.view(3, 1, 1).expand(3, 8, 8), atol=1e-3)
+
+
+def test_caffe_bgr255_from_gray_images():
+    gray = Image.fromarray(np.full((12, 12), 100, dtype=np.uint8))
+    out = natural("caffe_bgr255", in_channels=1)(gray)
+    assert torch.allclose(out[:, 0, 0], torch.tensor([100.0 - 104, 100.0 - 117, 100.0 - 128]), atol=1e-3)
+
+
+def test_imagenet_rgb_maps_a_known_pixel():
+    out = natural("imagenet_rgb")(solid((255, 128, 0)))
+    rgb = torch.tensor([1.0, 128 / 255, 0.0])
+    expected = (rgb - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(out[:, 3, 5], expected, atol=1e-5)
+
+
+def test_any_keeps_the_small_nets_normalisation():
+    rgb = natural("any")(solid((255, 128, 0)))
+    assert torch.allclose(rgb, natural("imagenet_rgb")(solid((255, 128, 0))))
+    digits = build_transform(augmentation="digits", train=False, augment=True, image_size=8, resize=8, in_channels=1,
+                             out_channels=1)  # input_space defaults to "any"
+    out = digits(np.full((8, 8), 255, dtype=np.uint8))
+    assert out.shape == (1, 8, 8) and torch.allclose(out, torch.ones_like(out))  # (1 - 0.5) / 0.5
+
+
+def test_train_and_eval_geometry():
+    train = natural("caffe_bgr255", train=True, image_size=8)
+    crops = [t for t in train.transforms if isinstance(t, v2.RandomResizedCrop)]
+    assert len(crops) == 1 and crops[0].scale == (0.16, 1.0) and tuple(crops[0].size) == (8, 8)
+    assert any(isinstance(t, v2.RandomHorizontalFlip) for t in train.transforms)
+    assert isinstance(train.transforms[-1], CaffeBGR255)
+    assert train(solid((10, 20, 30), size=(40, 30))).shape == (3, 8, 8)
+
+    evaluate = natural("imagenet_rgb", image_size=8, resize=10)
+    kinds = [type(t) for t in evaluate.transforms]
+    assert v2.Resize in kinds and v2.CenterCrop in kinds and v2.RandomResizedCrop not in kinds
+    image = solid((10, 20, 30), size=(40, 30))
+    assert evaluate(image).shape == (3, 8, 8)
+    assert torch.equal(evaluate(image), evaluate(image))  # deterministic
+
+
+def test_unknown_input_space_is_rejected():
+    with pytest.raises(ValueError, match="bgr"):
+        natural("bgr")
+
+
+def test_transforms_pickle_for_loader_workers():
+    restored = pickle.loads(pickle.dumps(natural("caffe_bgr255", train=True)))
+    assert isinstance(restored.transforms[-1], CaffeBGR255)
+
+
+# --- the DataModule -------------------------------------------------------------------------------------------------
+def datamodule(input_space="any", channels=1, **overrides):
+    cfg = load_config("digits.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    return RetrievalDataModule(cfg.data, backbone_channels=channels, input_space=input_space, seed=0)
+
+
+def test_datamodule_threads_the_input_space_into_every_split():
+    dm = datamodule("caffe_bgr255", channels=3)
+    dm.setup("fit")
+    for dataset in (dm.train_set, dm.train_eval_set, dm.test_set):
+        assert isinstance(dataset.transform.transforms[-1], CaffeBGR255)
+    image, _, _ = dm.test_set[0]
+    assert image.shape == (3, 16, 16) and image.min() >= -128 - 1e-3 and image.max() <= 255 - 104 + 1e-3
+
+
+def test_loader_options():
+    dm = datamodule(**{"data.num_workers": 0})
+    assert dm._loader_kwargs() == {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
+    dm = datamodule(**{"data.num_workers": 2, "data.prefetch_factor": 3})
+    kwargs = dm._loader_kwargs()
+    assert kwargs["prefetch_factor"] == 3 and kwargs["persistent_workers"] and kwargs["num_workers"] == 2
+    assert kwargs["pin_memory"] == torch.cuda.is_available()
+
+
+def test_eval_loader_with_workers_is_deterministic():
+    serial = datamodule(**{"data.num_workers": 0, "data.eval_batch_size": 128})
+    parallel = datamodule(**{"data.num_workers": 2, "data.eval_batch_size": 128})
+    for dm in (serial, parallel):
+        dm.setup("fit")
+    batches = [list(dm.test_embedding_dataloader()) for dm in (serial, parallel)]
+    assert len(batches[0]) == len(batches[1]) > 1
+    for (x0, y0, i0), (x1, y1, i1) in zip(*batches):
+        assert torch.equal(i0, i1) and torch.equal(y0, y1) and torch.equal(x0, x1)
+
+
+def test_train_loader_with_workers_waits_for_the_neighbour_table():
+    """Lightning calls iter() on the training loader before on_train_epoch_start sets the neighbour table and the
+    epoch; worker processes must not draw from the batch sampler before the first batch is asked for."""
+    orders = []
+    for workers in (0, 2):
+        dm = datamodule(**{"data.num_workers": workers, "data.batch_size": 10})
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        iterator = iter(loader)  # as Lightning's setup_data does: no table yet
+        n = len(dm.train_set)
+        dm.batch_sampler.set_neighbours(torch.stack([torch.arange(n)] + [torch.randperm(n, generator=torch.Generator()
+                                                    .manual_seed(j)) for j in range(4)], dim=1))
+        dm.batch_sampler.set_epoch(1)
+        orders.append([batch[2] for batch in itertools.islice(iterator, 3)])  # 3 batches keep it fast
+        dm.batch_sampler.set_epoch(2)
+        assert len(list(itertools.islice(loader, 2))) == 2  # a second epoch (persistent workers with 2)
+    assert len(orders[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*orders))  # same batches either way
