@@ -95,3 +95,12 @@ def test_two_training_steps_end_to_end(config, tmp_path):
                      str(run_dir / "config.yaml"), "--output", str(out))
         assert ev.returncode == 0, ev.stderr
         assert json.loads(out.read_text()) == pytest.approx({k: v for k, v in metrics["final"].items()}, abs=1e-9)
+
+
+def test_a_training_split_smaller_than_one_batch_exits_2_naming_the_batch_size(tmp_path):
+    root = tree("cub", tmp_path)  # 6 training images, the config's batch is 120
+    result = run_cli("fit", "--config", "cub_googlenet.yaml", f"data.root={root}", "data.check_counts=false",
+                     "model.pretrained=false", "trainer.accelerator=cpu", f"run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("plm-fit: error:") and "data.batch_size=120" in last and "6 images" in last

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from plm_lightning.data.base import RetrievalDataset
+from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.sampler import NearestNeighbourBatchSampler
 from plm_lightning.data.transforms import build_transform
@@ -96,9 +96,12 @@ class RetrievalDataModule(L.LightningDataModule):
             self.test_set = self._dataset("test", train_transform=False)
         rank, world = self.rank_and_world
         if self.batch_sampler is None or (self.batch_sampler.rank, self.batch_sampler.world_size) != (rank, world):
+            n, b = len(self.train_set), self.cfg.batch_size
+            if n // b < world:  # a config / dataset mismatch: one line from plm-fit, not a traceback
+                raise DatasetError(f"the {self.cfg.name} training split has {n} images: not enough for one batch of "
+                                   f"data.batch_size={b} per process ({world} process(es)); lower data.batch_size")
             self.batch_sampler = NearestNeighbourBatchSampler(
-                len(self.train_set), self.cfg.batch_size, self.cfg.neighbours_per_seed,
-                seed=self.seed, rank=rank, world_size=world)
+                n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world)
 
     def _loader_kwargs(self) -> dict:
         workers = self.cfg.num_workers
