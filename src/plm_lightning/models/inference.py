@@ -24,7 +24,7 @@ from plm_lightning.data.images import UnreadableImageError, list_images, load_rg
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.transforms import build_transform
 from plm_lightning.models.embedding_pass import embed_loader
-from plm_lightning.models.head import backbone_input_channels, build_embedder
+from plm_lightning.models.head import backbone_input_channels, backbone_input_space, build_embedder
 from plm_lightning.utils.checkpoint_io import load_checkpoint_file
 
 __all__ = ["FolderListing", "TrainedModel", "dataset_item_ids", "embed_folder", "list_folder", "load_trained_model"]
@@ -62,9 +62,16 @@ class TrainedModel:
         d = self.cfg.data
         if self.family == "vector":
             raise ValueError(f"the checkpoint's model embeds vectors ({d.name}), not images")
-        cls = DATASETS[d.name]
-        return build_transform(augmentation=cls.augmentation, train=False, augment=False, image_size=d.image_size,
-                               resize=d.resize, in_channels=cls.input_channels(d), out_channels=self.in_channels)
+        return self.eval_transform(d)
+
+    def eval_transform(self, data_cfg: DictConfig) -> Callable[[Any], torch.Tensor]:
+        """The evaluation transform for data described by ``data_cfg``, ending in the preprocessing the backbone's
+        weights expect (as the DataModule builds it: same function, same arguments)."""
+        cls = DATASETS[data_cfg.name]
+        return build_transform(augmentation=cls.augmentation, train=False, augment=False,
+                               image_size=data_cfg.image_size, resize=data_cfg.resize,
+                               in_channels=cls.input_channels(data_cfg), out_channels=self.in_channels,
+                               input_space=backbone_input_space(self.cfg.model.backbone))
 
     def describe(self) -> dict[str, Any]:
         """What meta.json records about the model."""
@@ -124,10 +131,7 @@ class TrainedModel:
         if needed != self.in_channels:
             raise ValueError(f"the checkpoint's model takes {self.in_channels} input channels/features, the "
                              f"{data_cfg.name} data gives {dataset_channels}")
-        transform = build_transform(augmentation=cls.augmentation, train=False, augment=False,
-                                    image_size=data_cfg.image_size, resize=data_cfg.resize,
-                                    in_channels=dataset_channels, out_channels=self.in_channels)
-        dataset = cls.from_config(split, transform, data_cfg)
+        dataset = cls.from_config(split, self.eval_transform(data_cfg), data_cfg)
         loader = DataLoader(dataset, batch_size=batch_size or data_cfg.eval_batch_size, shuffle=False)
         _, emb, lab = embed_loader(self.student, loader, self.device)
         return self.finish(emb), lab.cpu().numpy().astype(np.int64), dataset_item_ids(dataset, data_cfg.name, split)
