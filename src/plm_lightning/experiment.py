@@ -22,10 +22,9 @@ from plm_lightning.callbacks.throughput import Throughput
 from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from plm_lightning.callbacks.plots import RunPlots
 from plm_lightning.config.loading import to_yaml
-from plm_lightning.data import DATASETS
 from plm_lightning.data.datamodule import RetrievalDataModule
-from plm_lightning.models.plm_module import PLMModule
-from plm_lightning.models.head import backbone_input_channels, backbone_input_space
+from plm_lightning.models.build import build_model
+from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
 from plm_lightning.utils.io import atomic_write_text
 
@@ -83,16 +82,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     return loggers
 
 
-def build(cfg: DictConfig) -> tuple[L.Trainer, PLMModule, RetrievalDataModule, RetrievalEvaluation, Path]:
+def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataModule, RetrievalEvaluation, Path]:
     run_dir = resolve_run_dir(cfg)
     # The EMA teacher is in eval mode on purpose (its batch norm uses averaged statistics).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
-    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels,
-                                     input_space=backbone_input_space(cfg.model.backbone), seed=cfg.run.seed)
-    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    module = PLMModule(container, in_channels=channels)
+    module, datamodule = build_model(cfg)
     evaluation = RetrievalEvaluation(
         cfg.eval.ks, every_n_epochs=cfg.eval.every_n_epochs, before_training=cfg.eval.before_training,
         backend=cfg.eval.backend, normalize=cfg.eval.normalize, map_r=cfg.eval.map_r, nmi=cfg.eval.nmi,

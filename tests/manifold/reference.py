@@ -56,30 +56,37 @@ def candidates(X: np.ndarray, j: int, M: int) -> list[int]:
     return others[: max(0, M)]
 
 
-def fit_piece(X, j: int, m: int, M: int, tau: float, subset_selection: bool = True) -> tuple[list[int], np.ndarray]:
-    """Neighbourhood N_j (sorted indices) and piece basis U_j (d x m_eff, orthonormal) of point x_j."""
+def fit_piece(X, j: int, m: int, M: int, tau: float, subset_selection: bool = True,
+              greedy_test: str = "refit") -> tuple[list[int], np.ndarray]:
+    """Neighbourhood N_j (sorted indices) and piece basis U_j (d x m_eff, orthonormal) of point x_j.
+
+    greedy_test "refit": N_j starts with the nearest candidate; each next candidate joins if its relative residual
+    under the piece fitted to N_j plus itself is <= tau. "current": N_j starts with the m nearest candidates; each
+    next one joins if its relative residual under the piece fitted to N_j (without it) is <= tau."""
     X = _as64(X)
     d = X.shape[1]
     cands = candidates(X, j, M)
     if not cands or m == 0:
         return [], np.zeros((d, 0))
     if subset_selection:
-        members = [cands[0]]
-        for c in cands[1:]:
-            trial = members + [c]
-            U = top_directions(np.stack([X[l] - X[j] for l in trial]), m)
+        first = 1 if greedy_test == "refit" else max(1, min(m, len(cands)))
+        members = list(cands[:first])
+        for c in cands[first:]:
+            fitted = members + [c] if greedy_test == "refit" else members
+            U = top_directions(np.stack([X[l] - X[j] for l in fitted]), m)
             v = X[c] - X[j]
             if residual(v, U) <= tau * _norm(v):
-                members = trial
+                members = members + [c]
     else:
         members = list(cands)
     U = top_directions(np.stack([X[l] - X[j] for l in members]), m)
     return sorted(members), U
 
 
-def fit_all_pieces(X, m: int, M: int, tau: float, subset_selection: bool = True) -> list[tuple[list[int], np.ndarray]]:
+def fit_all_pieces(X, m: int, M: int, tau: float, subset_selection: bool = True,
+                   greedy_test: str = "refit") -> list[tuple[list[int], np.ndarray]]:
     X = _as64(X)
-    return [fit_piece(X, j, m, M, tau, subset_selection) for j in range(X.shape[0])]
+    return [fit_piece(X, j, m, M, tau, subset_selection, greedy_test) for j in range(X.shape[0])]
 
 
 def o_p(x_i, x_j, U_j) -> tuple[float, float]:
@@ -94,13 +101,26 @@ def s_directed(o: float, p: float, n_alpha: float, n_beta: float) -> float:
     return (1 + o / 2) ** (-n_alpha) * (1 + p) ** (-n_beta)
 
 
-def pairwise_similarity(X, pieces, n_alpha: float = 4.0, n_beta: float = 1.0) -> np.ndarray:
-    """s(i, j) = (s'(i, j) + s'(j, i)) / 2, s(i, i) = 1; s'(i, j) uses the piece of x_j (pieces from fit_all_pieces)."""
+def batch_scale(X) -> float:
+    """sqrt(2) / the median distance over the pairs i < j (the lower median for an even count); 1 if it is 0."""
+    X = _as64(X)
+    B = X.shape[0]
+    dists = sorted(_norm(X[i] - X[j]) for i in range(B) for j in range(i + 1, B))
+    if not dists:
+        return 1.0
+    median = dists[(len(dists) - 1) // 2]
+    return math.sqrt(2) / median if median > 0 else 1.0
+
+
+def pairwise_similarity(X, pieces, n_alpha: float = 4.0, n_beta: float = 1.0, scale: float = 1.0) -> np.ndarray:
+    """s(i, j) = (s'(i, j) + s'(j, i)) / 2, s(i, i) = 1; s'(i, j) uses the piece of x_j (pieces from fit_all_pieces).
+    o and p are multiplied by ``scale`` (1: the paper's absolute distances; batch_scale(X): distance_scale=batch)."""
     X = _as64(X)
     B = X.shape[0]
 
     def sd(i, j):
-        return s_directed(*o_p(X[i], X[j], pieces[j][1]), n_alpha, n_beta)
+        o, p = o_p(X[i], X[j], pieces[j][1])
+        return s_directed(scale * o, scale * p, n_alpha, n_beta)
 
     S = np.empty((B, B))
     for i in range(B):
@@ -109,15 +129,17 @@ def pairwise_similarity(X, pieces, n_alpha: float = 4.0, n_beta: float = 1.0) ->
     return S
 
 
-def proxy_similarity(X, pieces, R, V, n_alpha: float = 4.0, n_beta: float = 1.0) -> np.ndarray:
+def proxy_similarity(X, pieces, R, V, n_alpha: float = 4.0, n_beta: float = 1.0, scale: float = 1.0) -> np.ndarray:
     """s(i, k) = (s'(i, k) with the proxy piece (rho_k, V_k) + s'(k, i) with x_i's own piece) / 2: B x K."""
     X, R, V = _as64(X), _as64(R), _as64(V)
     B, K = X.shape[0], R.shape[0]
     S = np.empty((B, K))
     for i in range(B):
         for k in range(K):
-            to_proxy = s_directed(*o_p(X[i], R[k], V[k]), n_alpha, n_beta)
-            from_proxy = s_directed(*o_p(R[k], X[i], pieces[i][1]), n_alpha, n_beta)
+            o, p = o_p(X[i], R[k], V[k])
+            to_proxy = s_directed(scale * o, scale * p, n_alpha, n_beta)
+            o, p = o_p(R[k], X[i], pieces[i][1])
+            from_proxy = s_directed(scale * o, scale * p, n_alpha, n_beta)
             S[i, k] = (to_proxy + from_proxy) / 2
     return S
 

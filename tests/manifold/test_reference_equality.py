@@ -40,10 +40,11 @@ def _ref_pieces_as_package(X, pieces, m) -> Pieces:
     return Pieces(anchors=_t(X), bases=_t(bases), members=torch.as_tensor(members))
 
 
-def assert_pieces_match(X, m, M, tau, subset_selection, context=""):
+def assert_pieces_match(X, m, M, tau, subset_selection, context="", greedy_test="refit"):
     """Fits pieces both ways and checks members exactly and U U^T within TOL. Returns (package, reference) pieces."""
-    got = fit_pieces(_t(X), piece_dim=m, max_candidates=M, tau=tau, subset_selection=subset_selection)
-    want = ref.fit_all_pieces(X, m, M, tau, subset_selection)
+    got = fit_pieces(_t(X), piece_dim=m, max_candidates=M, tau=tau, subset_selection=subset_selection,
+                     greedy_test=greedy_test)
+    want = ref.fit_all_pieces(X, m, M, tau, subset_selection, greedy_test)
     assert got.bases.shape == (X.shape[0], X.shape[1], m)  # B x d x m, absent directions as zero columns
     for j, (mem, U) in enumerate(want):
         got_members = torch.nonzero(got.members[j]).flatten().tolist()
@@ -62,13 +63,15 @@ def random_proxies(rng, K, d, m):
 
 
 def check_everything(X, *, m, M, tau, subset_selection, n_alpha=4.0, n_beta=1.0, R=None, V=None, Z=None,
-                     qs=(1, 3), delta=1.0, context=""):
+                     qs=(1, 3), delta=1.0, context="", greedy_test="refit", distance_scale="absolute"):
     """Pieces, pairwise and proxy similarity (end to end, and from identical pieces) and all three loss terms."""
     X = np.asarray(X, dtype=np.float64)
     sim = PLMSimilarity(n_alpha=n_alpha, n_beta=n_beta, piece_dim=m, max_candidates=M, tau=tau,
-                        subset_selection=subset_selection)
-    got_pieces, want_pieces = assert_pieces_match(X, m, M, tau, subset_selection, context)
-    want_s = ref.pairwise_similarity(X, want_pieces, n_alpha, n_beta)
+                        subset_selection=subset_selection, greedy_test=greedy_test, distance_scale=distance_scale)
+    got_pieces, want_pieces = assert_pieces_match(X, m, M, tau, subset_selection, context, greedy_test)
+    scale = ref.batch_scale(X) if distance_scale == "batch" else 1.0
+    assert float(sim.scale(_t(X))) == pytest.approx(scale, rel=1e-12), f"{context} distance scale"
+    want_s = ref.pairwise_similarity(X, want_pieces, n_alpha, n_beta, scale)
     got_s = sim.pairwise(_t(X), got_pieces).numpy()
     np.testing.assert_allclose(got_s, want_s, rtol=0, atol=TOL, err_msg=f"{context} pairwise s (end to end)")
     same_pieces = _ref_pieces_as_package(X, want_pieces, m)
@@ -80,7 +83,7 @@ def check_everything(X, *, m, M, tau, subset_selection, n_alpha=4.0, n_beta=1.0,
         ref.point_loss(Z, want_s, delta), abs=TOL), f"{context} point loss"
     if R is None:
         return
-    want_sp = ref.proxy_similarity(X, want_pieces, R, V, n_alpha, n_beta)
+    want_sp = ref.proxy_similarity(X, want_pieces, R, V, n_alpha, n_beta, scale)
     got_sp = sim.to_proxies(_t(X), got_pieces, _t(R), _t(V)).numpy()
     np.testing.assert_allclose(got_sp, want_sp, rtol=0, atol=TOL, err_msg=f"{context} proxy s (end to end)")
     np.testing.assert_allclose(sim.to_proxies(_t(X), same_pieces, _t(R), _t(V)).numpy(), want_sp, rtol=0,
@@ -119,12 +122,15 @@ def test_reference_candidates_break_ties_by_index():
 
 
 # ---------------------------------------------------------------------------------------------- random batches
+# (subset_selection, greedy_test): both greedy rules, and the "no subset selection" ablation.
+SELECTIONS = [(True, "refit"), (True, "current"), (False, "refit")]
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("B", [2, 3, 8, 30])
 @pytest.mark.parametrize("d", [1, 2, 5, 32])
 def test_random_batches_match_reference(seed, B, d):
     rng = np.random.default_rng(1000 * seed + 10 * B + d)
-    for m, subset_selection in itertools.product([1, 2, 3], [True, False]):
+    for m, (subset_selection, greedy_test) in itertools.product([1, 2, 3], SELECTIONS):
         M = int(rng.integers(1, 13))  # includes M = 1 and M > B - 1
         tau = float(rng.uniform(0.1, 0.9))
         n_alpha = float(rng.uniform(1.0, 6.0))
@@ -135,9 +141,12 @@ def test_random_batches_match_reference(seed, B, d):
         K = int(rng.integers(1, 5))
         R, V = random_proxies(rng, K, d, m)
         Z = rng.standard_normal((B, d))
+        scale = "batch" if rng.random() < 0.5 else "absolute"
         check_everything(X, m=m, M=M, tau=tau, subset_selection=subset_selection, n_alpha=n_alpha, n_beta=n_beta,
                          R=R, V=V, Z=Z, qs=(1, 3, B + 2), delta=float(rng.uniform(0.5, 2.0)),
-                         context=f"m={m} M={M} tau={tau:.3f} subset_selection={subset_selection}")
+                         greedy_test=greedy_test, distance_scale=scale,
+                         context=f"m={m} M={M} tau={tau:.3f} subset_selection={subset_selection} {greedy_test} "
+                                 f"{scale}")
 
 
 @pytest.mark.parametrize("tau", [0.05, 0.2, 0.5, 0.8, 0.99])
@@ -147,8 +156,9 @@ def test_greedy_threshold_sweep_on_a_noisy_curve(tau):
     t = np.sort(rng.uniform(0, 3, 25))
     X = np.stack([np.cos(t), np.sin(t), 0.3 * t ** 2], 1) + 0.05 * rng.standard_normal((25, 3))
     X = X[rng.permutation(25)]
-    for m in (1, 2):
-        check_everything(X, m=m, M=8, tau=tau, subset_selection=True, context=f"m={m}")
+    for m, greedy_test in itertools.product((1, 2), ("refit", "current")):
+        check_everything(X, m=m, M=8, tau=tau, subset_selection=True, greedy_test=greedy_test,
+                         context=f"m={m} {greedy_test}")
 
 
 # -------------------------------------------------------------------------------------------------- edge cases

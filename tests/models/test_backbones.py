@@ -98,8 +98,10 @@ def test_input_spaces():
     assert backbone_input_space("bn_inception") == "caffe_bgr255"
 
 
-def test_googlenet_without_weights_takes_our_imagenet_input_unchanged(image_backbones):
-    assert image_backbones["googlenet"].net.transform_input is False
+def test_googlenet_maps_its_input_the_same_with_or_without_downloaded_weights(image_backbones):
+    """transform_input is on whether or not the weights are downloaded: a checkpoint of a pretrained GoogLeNet,
+    rebuilt without the download (plm-eval, plm-embed, model.weights), computes the function that was trained."""
+    assert image_backbones["googlenet"].net.transform_input is True
 
 
 def test_googlenet_transform_input_is_what_its_ported_weights_want():

@@ -25,6 +25,7 @@ from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.plots import plt, save_figure
 from plm_lightning.analysis.run_simreport import estimators_from_config
 from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+from plm_lightning.config.loading import override_config
 from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold
 from plm_lightning.utils.io import atomic_write
 
@@ -33,20 +34,8 @@ ESTIMATOR_NAMES = ("plm", "gaussian", "knn", "kmeans")
 
 def with_overrides(cfg: DictConfig, **dotted: Any) -> DictConfig:
     """A validated copy of ``cfg`` with ``{"a.b": v}`` overrides (keys written a__b in Python)."""
-    from plm_lightning.config.loading import _merge
-    from plm_lightning.config.validation import validate_config
-
-    base = OmegaConf.merge(cfg)  # writable copy keeping the schema
-    data: dict = {}
-    for key, value in dotted.items():
-        node = data
-        parts = key.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    merged = _merge(base, data, "in a study")
-    validate_config(merged)
-    return merged
+    return override_config(cfg, values={key.replace("__", "."): value for key, value in dotted.items()},
+                           source="in a study")
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -86,10 +86,8 @@ class RunPlots(Callback):
         return emb.cpu().numpy(), lab.cpu().numpy()
 
     def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_plots import (embedding_projection, nearest_excluding_self,
-                                                      pair_similarities, query_choice, raw_image, retrieval_grid,
-                                                      same_class_histogram)
-        from plm_lightning.models.plm_module import build_similarity
+        from plm_lightning.analysis.run_plots import (embedding_projection, nearest_excluding_self, query_choice,
+                                                      raw_image, retrieval_grid)
 
         cfg = self.cfg
         normalize = bool(cfg.eval.normalize)
@@ -105,6 +103,15 @@ class RunPlots(Callback):
                 query_captions=[f"query: {lab[q]}" for q in queries],
                 title=f"{cfg.data.name} test split: top-{neighbours.shape[1]} (green = same class)")
             self._save("retrieval_grid", grid)
+        if cfg.method.name == "plm":  # the supervised reference has no similarity estimator
+            self._similarity_histogram(emb, lab)
+        self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
+
+    def _similarity_histogram(self, emb: np.ndarray, lab: np.ndarray) -> None:
+        from plm_lightning.analysis.run_plots import pair_similarities, same_class_histogram
+        from plm_lightning.models.plm_module import build_similarity
+
+        cfg = self.cfg
         name = cfg.method.similarity
         same, different, quality = pair_similarities(
             emb, lab, build_similarity(cfg), batch_size=cfg.data.batch_size,
@@ -114,7 +121,6 @@ class RunPlots(Callback):
         self._save("similarity_hist", same_class_histogram(
             same, different, quality=quality,
             title=f"{name} similarity on nearest-neighbour batches of test embeddings"))
-        self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
 
     def _log_wandb(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:

@@ -8,7 +8,6 @@ metrics.json in the run directory, and a Recall@K table at the end.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.retrieval import evaluate_embeddings, evaluate_query_gallery, format_recall_table
-from plm_lightning.utils.io import atomic_write_text
+from plm_lightning.utils.io import atomic_write_text, json_safe
 
 
 class RetrievalEvaluation(Callback):
@@ -114,7 +113,7 @@ class RetrievalEvaluation(Callback):
     def _write(self, trainer: L.Trainer) -> None:
         if self.run_dir is None or not trainer.is_global_zero:
             return
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(_finite(self.summary()), indent=2) + "\n")
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(json_safe(self.summary()), indent=2) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": self.initial, "history": self.history, "best": self.best, "best_epoch": self.best_epoch}
@@ -141,13 +140,3 @@ def format_recall_table_rows(rows: dict[str, dict[str, float]]) -> str:
         lines.append(name.ljust(width + 2) + table[-1])
     return "\n".join(lines)
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: write null instead."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

@@ -21,7 +21,10 @@ class SimilarityQualityMonitor(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if isinstance(outputs, dict) and "s" in outputs:
-            self.quality.update(outputs["s"], batch[1])
+            labels = batch[1]
+            views = outputs["s"].shape[0] // max(1, labels.shape[0])
+            # data.views > 1: the similarity covers every view, view-major (flatten_views)
+            self.quality.update(outputs["s"], labels.repeat(views) if views > 1 else labels)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sums = self.quality.sums.to(pl_module.device)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from plm_lightning.cli.common import config_or_none, fail
+from plm_lightning.utils.io import atomic_write_text, json_safe
 
 PROG = "plm-eval"
 DEFAULT_KS = (1, 2, 4, 8)
@@ -343,11 +343,6 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     return metrics
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, Optional[float]]:
-    """JSON has no NaN (e.g. MAP@R when every class is a singleton): write null."""
-    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
-
-
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -399,10 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as exc:
             return fail(PROG, _first_line(exc))
 
-    text = json.dumps(_finite(metrics), indent=2) + "\n"
+    text = json.dumps(json_safe({k: float(v) for k, v in metrics.items()}), indent=2) + "\n"
     if args.output:
-        from plm_lightning.utils.io import atomic_write_text
-
         try:
             atomic_write_text(args.output, text)
         except OSError as exc:

@@ -1,7 +1,9 @@
-"""plm-study NAME --config X [overrides]: one of the four method studies, writing NAME.csv and NAME.png into run.dir.
+"""plm-study NAME --config X [overrides]: one of the method studies, writing its CSV and PNG (and for the ladder a
+markdown table and a JSON file) into run.dir.
 
 NAME: curvature (similarity accuracy vs curvature per estimator), proxies (Recall@1 with and without proxies
-across batch sizes), sensitivity (PLM similarity quality vs k, M, tau, m), cost (time vs batch size, dim, proxies).
+across batch sizes), sensitivity (PLM similarity quality vs k, M, tau, m), cost (time vs batch size, dim, proxies),
+ladder (the ablation ladder over seeds: pretraining, PLM, each part removed, the baselines, the supervised bound).
 """
 from __future__ import annotations
 
@@ -11,9 +13,19 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from plm_lightning.cli.common import config_or_none
+from plm_lightning.cli.common import config_or_none, fail
 
-NAMES = ("curvature", "proxies", "sensitivity", "cost")
+NAMES = ("curvature", "proxies", "sensitivity", "cost", "ladder")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -21,6 +33,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("study", choices=NAMES)
     parser.add_argument("--config", default="synthetic.yaml", help="a YAML file or bundled config name")
     parser.add_argument("--max-batches", type=int, default=None, help="quality studies: first N batches only")
+    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="ladder: comma-separated seeds (0,1,2)")
+    parser.add_argument("--pretrain", default="auto",
+                        help="ladder: the source-task config that pretrains the backbone when model.weights is unset "
+                             "('auto': <config>_pretrain.yaml if there is one; 'none': no pretraining)")
+    parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="ladder: an override of the pretraining config (repeatable)")
     args, overrides = parser.parse_known_args(argv)
     cfg = config_or_none("plm-study", args.config, overrides)
     if cfg is None:
@@ -29,13 +47,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = Path(cfg.run.dir or f"runs/study-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {"max_batches": args.max_batches} if args.study in ("curvature", "sensitivity") else {}
     started = time.perf_counter()
+    if args.study == "ladder":
+        return _ladder(cfg, args, out)
+    kwargs = {"max_batches": args.max_batches} if args.study in ("curvature", "sensitivity") else {}
     rows = STUDIES[args.study](cfg, out, **kwargs)
     print(f"{args.study}: {len(rows)} rows in {time.perf_counter() - started:.1f} s -> {out / (args.study + '.csv')}, "
           f"{out / (args.study + '.png')}")
     for row in rows:
         print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def _ladder(cfg, args, out: Path) -> int:
+    from plm_lightning.analysis.ladder import ladder_study, pretrain_config_for
+
+    pretrain_cfg = None
+    if args.pretrain != "none" and cfg.model.weights is None:
+        name = pretrain_config_for(args.config) if args.pretrain == "auto" else args.pretrain
+        if name is not None:
+            pretrain_cfg = config_or_none("plm-study", name, args.pretrain_set)
+            if pretrain_cfg is None:
+                return 2
+    try:
+        ladder_study(cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg)
+    except Exception as exc:
+        from plm_lightning.config import ConfigError
+        from plm_lightning.data.base import DatasetError
+        from plm_lightning.models.backbones import PretrainedWeightsError
+
+        if isinstance(exc, (ConfigError, DatasetError, PretrainedWeightsError)):
+            return fail("plm-study", str(exc).splitlines()[0])
+        raise
+    print((out / "ladder.md").read_text())
+    print(f"ladder: {out / 'ladder.md'}, ladder.csv, ladder.json, ladder.png, ladder_curves.png")
     return 0
 
 

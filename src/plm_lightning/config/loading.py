@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -117,6 +117,38 @@ def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
         raise ConfigError(f"invalid value for config key '{key}' ({source}): {reason}") from None
 
 
+def _merge_dotlist(cfg: DictConfig, dotlist: list[str], source: str) -> DictConfig:
+    try:
+        data = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
+    return _merge(cfg, data, source)
+
+
+def override_config(cfg: DictConfig, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None,
+                    source: str = "in an override") -> DictConfig:
+    """A validated, read-only copy of ``cfg`` with command-line style ``overrides`` ("a.b=v") and then ``values``
+    ({"a.b": v}, Python values) applied. Raises ConfigError as load_config does."""
+    merged = OmegaConf.merge(cfg)  # a writable copy that keeps the schema
+    dotlist = parse_overrides(list(overrides))
+    if dotlist:
+        merged = _merge_dotlist(merged, dotlist, source)
+    if values:
+        nested: dict = {}
+        for key, value in values.items():
+            node = nested
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        merged = _merge(merged, nested, source)
+    from plm_lightning.config.validation import validate_config  # late: it imports the registries
+
+    validate_config(merged)
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
 def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Schema defaults <- YAML file <- overrides, then validated. Raises ConfigError."""
     cfg = OmegaConf.structured(Config)
@@ -131,11 +163,7 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Dic
         cfg = _merge(cfg, data, f"in {path}")
     dotlist = parse_overrides(list(overrides))
     if dotlist:
-        try:
-            data = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
-        cfg = _merge(cfg, data, "on the command line")
+        cfg = _merge_dotlist(cfg, dotlist, "on the command line")
     from plm_lightning.config.validation import validate_config  # late: it imports the registries
 
     validate_config(cfg)

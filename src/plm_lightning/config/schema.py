@@ -24,8 +24,21 @@ class SyntheticConfig:
 
 
 @dataclass
+class GlyphsConfig:
+    """The offline benchmark (data.name=glyphs; plm_lightning/data/glyphs.py, docs/benchmark.md): rendered Unicode
+    characters, a labelled source task for pretraining and a target task of 100 + 100 class-disjoint classes."""
+
+    task: str = "target"  # target: the unlabelled train / zero-shot test classes | source: the pretraining task
+    classes: int = 100  # target classes per split (the benchmark: 100; fewer for quick tests)
+    images_per_class: int = 24  # target images per class
+    source_classes: int = 789  # source classes (all 789 by default)
+    source_images_per_class: int = 24  # source training images per class (4 more per class form its test split)
+    seed: int = 0  # rendering seed: every image is a pure function of it, the task, the class and the image number
+
+
+@dataclass
 class DataConfig:
-    name: str = "digits"  # digits | folder | synthetic | cub | cars196 | sop | inshop
+    name: str = "digits"  # digits | folder | synthetic | glyphs | cub | cars196 | sop | inshop
     # dataset folder (not used by digits / synthetic); null = $PLM_DATA/<name>. Prepare one with `plm-data prepare`
     root: Optional[str] = None
     image_size: int = 227  # train crop / eval centre crop
@@ -37,6 +50,9 @@ class DataConfig:
     num_workers: int = 0
     prefetch_factor: int = 2  # batches each loader worker loads ahead (used only when num_workers > 0)
     augment: bool = True
+    # augmented views of each training image in a batch (B images -> views * B embeddings); the teacher's similarity
+    # of two views of one image is high, so the loss also teaches invariance to the augmentation [ours; STML: 2]
+    views: int = 1
     train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
     # folder datasets: explicit class-disjoint split by class folder name ([] = use train_class_fraction; one list
     # given = the other split gets the remaining classes)
@@ -49,12 +65,17 @@ class DataConfig:
     # use the next readable image of the same class instead
     skip_unreadable: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    glyphs: GlyphsConfig = field(default_factory=GlyphsConfig)
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "googlenet"  # small_cnn | mlp | googlenet | resnet50 | bn_inception
     pretrained: bool = True  # ImageNet weights (torchvision; bn_inception: pretrainedmodels); need network once
+    # A local file to start the backbone from, instead of the download (an offline cluster; the glyphs benchmark's
+    # pretrained backbone): a plm-fit checkpoint, a state_dict of the backbone, or the published weights file
+    # that model.pretrained would download. The embedding head always starts fresh.
+    weights: Optional[str] = None
     embedding_dim: int = 128
     pooling: str = "avg+max"  # avg | max | avg+max (summed)
     width: int = 64  # small_cnn: channels of the first block; mlp: hidden units
@@ -64,7 +85,16 @@ class ModelConfig:
 
 
 @dataclass
+class SupervisedConfig:
+    """method.name=supervised: the labelled reference (models/supervised_module.py), not the unsupervised method."""
+
+    temperature: float = 0.05  # normalised-softmax temperature (Zhai & Wu 2019)
+
+
+@dataclass
 class MethodConfig:
+    # plm: the method (unsupervised) | supervised: a labelled reference (an upper bound; backbone pretraining)
+    name: str = "plm"
     # The similarity estimator: plm | gaussian | knn | kmeans (the last three are baselines / ablations)
     similarity: str = "plm"
     # Similarity: s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta  [paper form; ours: 4, 1 from the paper's ablation]
@@ -74,7 +104,13 @@ class MethodConfig:
     max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
     tau: float = 0.5  # greedy acceptance threshold on the relative residual [ours]
     subset_selection: bool = True  # False = "no subset selection" ablation
+    # refit: test a candidate under the piece refitted with it (METHOD.md as written) | current: the m nearest span
+    # the first piece, each further candidate is tested against the piece of the members so far [ours]
+    greedy_test: str = "refit"
     symmetrize: str = "mean"  # s = mean | min | max of s'(i, j) and s'(j, i) [ours: mean]
+    # absolute: o and p as measured (the paper's formula on unit vectors) | batch: o and p scaled by sqrt(2) / the
+    # batch's median pairwise distance, so s does not depend on how compact the teacher's space is [ours]
+    distance_scale: str = "absolute"
     binary_threshold: Optional[float] = None  # "binary similarity" ablation: s -> 1[s >= threshold]
     gaussian_sigma: float = 3.0  # gaussian: s = exp(-||x_i - x_j||^2 / sigma) [STML's kernel width]
     knn_k: Optional[int] = None  # knn: neighbours per point [None = neighbours_per_seed]
@@ -88,6 +124,7 @@ class MethodConfig:
     normalize_student: bool = True  # [ours]
     normalize_teacher: bool = True  # [ours]
     ema_momentum: float = 0.999  # [ours, following STML]
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 from plm_lightning.config.loading import ConfigError
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.manifold.estimators import ESTIMATORS
-from plm_lightning.manifold.similarity import SYMMETRIZATIONS
+from plm_lightning.manifold.pieces import GREEDY_TESTS
+from plm_lightning.manifold.similarity import DISTANCE_SCALES, SYMMETRIZATIONS
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import POOLINGS
 
@@ -17,8 +18,11 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 CHOICES = {
     "data.name": tuple(DATASETS),
     "model.backbone": tuple(BACKBONES),
+    "method.name": ("plm", "supervised"),
     "method.similarity": ESTIMATORS,
     "method.symmetrize": SYMMETRIZATIONS,
+    "method.greedy_test": GREEDY_TESTS,
+    "method.distance_scale": DISTANCE_SCALES,
     "method.proxy_init": ("data", "random"),
     "model.pooling": POOLINGS,
     "optim.name": ("adamw", "adam", "sgd"),
@@ -77,9 +81,10 @@ def validate_config(cfg: DictConfig) -> None:
                               f"{', '.join(map(str, allowed))}{hint}")
 
     positive = ["data.image_size", "data.resize", "data.batch_size", "data.neighbours_per_seed",
-                "data.refresh_every", "data.eval_batch_size", "data.prefetch_factor", "model.embedding_dim",
+                "data.refresh_every", "data.eval_batch_size", "data.prefetch_factor", "data.views", "model.embedding_dim",
                 "model.width",
-                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "method.gaussian_sigma", "optim.lr",
+                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "method.gaussian_sigma",
+                "method.supervised.temperature", "optim.lr",
                 "trainer.max_epochs", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
                 "eval.every_n_epochs", "eval.memory_budget_mb"]
     for key in positive:
@@ -106,6 +111,10 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,
              f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}")
 
+    weights = cfg.model.weights
+    if weights is not None:
+        _require(Path(weights).expanduser().is_file(), "model.weights", weights, "file does not exist")
+
     sae = cfg.trainer.stop_after_epochs
     _require(sae is None or sae > 0, "trainer.stop_after_epochs", sae, "must be positive or null")
     resume = cfg.resume
@@ -115,7 +124,8 @@ def validate_config(cfg: DictConfig) -> None:
         _require(Path(resume).expanduser().is_file(), "resume", resume, "checkpoint file does not exist")
 
     b, k = cfg.data.batch_size, cfg.data.neighbours_per_seed
-    _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
+    if cfg.method.name == "plm":  # nearest-neighbour batches: B / k seeds (the supervised reference samples at random)
+        _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
     _require(b >= 2, "data.batch_size", b, "a batch needs at least 2 images to form pairs")
     ks = list(cfg.eval.ks)
     _require(len(ks) > 0 and all(int(x) > 0 for x in ks), "eval.ks", ks, "a non-empty list of positive integers")
@@ -127,6 +137,13 @@ def validate_config(cfg: DictConfig) -> None:
 
         try:
             validate_synthetic_config(cfg.data.synthetic)
+        except ValueError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+    if cfg.data.name == "glyphs":
+        from plm_lightning.data.glyphs import validate_glyphs_config
+
+        try:
+            validate_glyphs_config(cfg.data.glyphs)
         except ValueError as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
     if dataset.needs_root:

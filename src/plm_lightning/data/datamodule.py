@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
-from plm_lightning.data.sampler import NearestNeighbourBatchSampler
-from plm_lightning.data.transforms import build_transform
+from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler
+from plm_lightning.data.transforms import MultiView, build_transform
 
 if TYPE_CHECKING:  # the config layer sits above data; only its shape is needed here
     from plm_lightning.config.schema import DataConfig
@@ -60,10 +60,15 @@ class LazyStartDataLoader(DataLoader):
 
 
 class RetrievalDataModule(L.LightningDataModule):
-    def __init__(self, cfg: "DataConfig", *, backbone_channels: int, input_space: str = "any", seed: int = 0):
+    def __init__(self, cfg: "DataConfig", *, backbone_channels: int, input_space: str = "any", seed: int = 0,
+                 sampling: str = "neighbours"):
         """backbone_channels / input_space: what the backbone takes (BackboneSpec; head.backbone_input_channels
-        and head.backbone_input_space), so the transforms end in the preprocessing its weights expect."""
+        and head.backbone_input_space), so the transforms end in the preprocessing its weights expect.
+        sampling: "neighbours" (the method's nearest-neighbour batches) or "random" (the supervised reference)."""
         super().__init__()
+        if sampling not in ("neighbours", "random"):
+            raise ValueError(f"sampling must be 'neighbours' or 'random', got {sampling!r}")
+        self.sampling = sampling
         self.cfg = cfg
         self.seed = seed
         self.dataset_cls = DATASETS[cfg.name]
@@ -72,7 +77,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_set: Optional[RetrievalDataset] = None
         self.train_eval_set: Optional[RetrievalDataset] = None
         self.test_set: Optional[RetrievalDataset] = None
-        self.batch_sampler: Optional[NearestNeighbourBatchSampler] = None
+        self.batch_sampler: Optional[NearestNeighbourBatchSampler | RandomBatchSampler] = None
 
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls
@@ -80,6 +85,9 @@ class RetrievalDataModule(L.LightningDataModule):
                                     image_size=self.cfg.image_size, resize=self.cfg.resize,
                                     in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels,
                                     input_space=self.input_space)
+        views = int(getattr(self.cfg, "views", 1))
+        if train_transform and views > 1:
+            transform = MultiView(transform, views)
         return cls.from_config(split, transform, self.cfg)
 
     @property
@@ -100,8 +108,11 @@ class RetrievalDataModule(L.LightningDataModule):
             if n // b < world:  # a config / dataset mismatch: one line from plm-fit, not a traceback
                 raise DatasetError(f"the {self.cfg.name} training split has {n} images: not enough for one batch of "
                                    f"data.batch_size={b} per process ({world} process(es)); lower data.batch_size")
-            self.batch_sampler = NearestNeighbourBatchSampler(
-                n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world)
+            if self.sampling == "random":
+                self.batch_sampler = RandomBatchSampler(n, b, seed=self.seed, rank=rank, world_size=world)
+            else:
+                self.batch_sampler = NearestNeighbourBatchSampler(
+                    n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world)
 
     def _loader_kwargs(self) -> dict:
         workers = self.cfg.num_workers

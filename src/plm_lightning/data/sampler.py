@@ -58,6 +58,37 @@ class NearestNeighbourBatchSampler(Sampler[list[int]]):
             yield batches[b].tolist()
 
 
+class RandomBatchSampler(Sampler[list[int]]):
+    """Plain random batches (no neighbours), for the supervised reference (method.name=supervised). Same contract as
+    NearestNeighbourBatchSampler: N // B batches an epoch, the order a pure function of (seed, epoch), rank r takes
+    every world_size-th batch."""
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.global_batches = num_items // batch_size
+        if self.global_batches < world_size:
+            raise ValueError(f"{num_items} training images make {self.global_batches} batches of {batch_size}, "
+                             f"fewer than the {world_size} processes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.global_batches // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator)
+        batches = order[: self.global_batches * self.batch_size].view(self.global_batches, self.batch_size)
+        for b in range(self.rank, len(self) * self.world_size, self.world_size):
+            yield batches[b].tolist()
+
+
 def neighbour_table(embeddings: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor:
     """N x k table of each point's k nearest neighbours (exact, ties by index), the point itself first."""
     from plm_lightning.retrieval import knn_search

@@ -35,6 +35,26 @@ class VectorTransform:
         return f"{type(self).__name__}(jitter_std={self.jitter_std})"
 
 
+class MultiView:
+    """``views`` independent draws of a random transform of one image, stacked (views x ...): the two augmented views
+    per image of STML-style training (data.views). A class rather than a lambda, so DataLoader workers can pickle it."""
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor], views: int):
+        self.transform = transform
+        self.views = int(views)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.views)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(views={self.views}, {self.transform!r})"
+
+
+def flatten_views(images: torch.Tensor) -> torch.Tensor:
+    """A batch of stacked views (B x V x ...) as V * B items, view-major: all first views, then all second views."""
+    return images.transpose(0, 1).reshape(-1, *images.shape[2:])
+
+
 class CaffeBGR255:
     """RGB in [0, 1] (C x H x W) -> BGR on the 0-255 scale minus CAFFE_BGR_MEAN, no std division: the input of
     Caffe-trained weights (BN-Inception). A class rather than a lambda, so DataLoader workers can pickle it."""

@@ -122,12 +122,14 @@ ESTIMATORS = ("plm", "gaussian", "knn", "kmeans")
 def build_estimator(name: str, *, n_alpha: float = 4.0, n_beta: float = 1.0, piece_dim: int = 2,
                     max_candidates: int = 10, tau: float = 0.5, subset_selection: bool = True,
                     gaussian_sigma: float = 3.0, knn_k: int = 5, kmeans_clusters: int = 24, seed: int = 0,
-                    binary_threshold: Optional[float] = None, symmetrize: str = "mean"):
+                    binary_threshold: Optional[float] = None, symmetrize: str = "mean", greedy_test: str = "refit",
+                    distance_scale: str = "absolute"):
     from plm_lightning.manifold.similarity import PLMSimilarity
 
     if name == "plm":
         est = PLMSimilarity(n_alpha=n_alpha, n_beta=n_beta, piece_dim=piece_dim, max_candidates=max_candidates,
-                            tau=tau, subset_selection=subset_selection, symmetrize=symmetrize)
+                            tau=tau, subset_selection=subset_selection, symmetrize=symmetrize,
+                            greedy_test=greedy_test, distance_scale=distance_scale)
     elif name == "gaussian":
         est = GaussianSimilarity(gaussian_sigma)
     elif name == "knn":

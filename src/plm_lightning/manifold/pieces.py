@@ -69,6 +69,9 @@ def _coefficients(gram_rows: torch.Tensor, evals: torch.Tensor, evecs: torch.Ten
     return torch.einsum("...Mm,...My->...ym", evecs, gram_rows) * inv_sqrt.unsqueeze(-2)
 
 
+GREEDY_TESTS = ("refit", "current")
+
+
 def fit_pieces(
     x: torch.Tensor,
     *,
@@ -76,6 +79,7 @@ def fit_pieces(
     max_candidates: int = 10,
     tau: float = 0.5,
     subset_selection: bool = True,
+    greedy_test: str = "refit",
 ) -> Pieces:
     """Fit one linear piece per row of ``x`` (B x d, teacher embeddings of a batch).
 
@@ -83,7 +87,12 @@ def fit_pieces(
     max_candidates:   M, how many nearest batch points are considered for N_j (capped at B - 1).
     tau:              greedy acceptance threshold on the relative residual.
     subset_selection: False is the "no subset selection" ablation: N_j = the M nearest candidates.
+    greedy_test:      "refit": a candidate is tested under the piece refitted with it included (N_j starts with
+                      the nearest neighbour); "current": the m nearest candidates span the first piece, and each
+                      further candidate is tested against the piece of the members accepted so far (without it).
     """
+    if greedy_test not in GREEDY_TESTS:
+        raise ValueError(f"unknown greedy test {greedy_test!r}; choose one of {', '.join(GREEDY_TESTS)}")
     if x.dim() != 2:
         raise ValueError(f"fit_pieces expects a B x d matrix, got shape {tuple(x.shape)}")
     b, d = x.shape
@@ -106,12 +115,15 @@ def fit_pieces(
     norms2 = gram.diagonal(dim1=1, dim2=2)  # B x M
 
     accepted = torch.zeros(b, m_cap, dtype=torch.bool, device=x.device)
-    accepted[:, 0] = True  # N_j always starts with the nearest neighbour
+    # N_j starts with the nearest neighbour ("refit") or with the m nearest, which span the first piece ("current").
+    first = 1 if greedy_test == "refit" else max(1, min(piece_dim, m_cap))
+    accepted[:, :first] = True
     if subset_selection:
-        for t in range(1, m_cap):
-            trial = accepted.clone()
-            trial[:, t] = True
-            mask = trial.to(gram.dtype)
+        for t in range(first, m_cap):
+            fitted = accepted.clone()
+            if greedy_test == "refit":
+                fitted[:, t] = True
+            mask = fitted.to(gram.dtype)
             evals, evecs = _top_directions(gram * mask[:, :, None] * mask[:, None, :], piece_dim)
             coef = _coefficients((gram[:, :, t] * mask).unsqueeze(-1), evals, evecs).squeeze(-2)  # B x m
             residual2 = (norms2[:, t] - (coef ** 2).sum(-1)).clamp_min(0)

@@ -63,9 +63,31 @@ def directed_similarity(o: torch.Tensor, p: torch.Tensor, n_alpha: float, n_beta
     return (1 + o / 2).pow(-n_alpha) * (1 + p).pow(-n_beta)
 
 
+DISTANCE_SCALES = ("absolute", "batch")
+
+
+def batch_distance_scale(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(2) / (the median distance between two points of the batch): the factor that gives the batch the median
+    distance of random unit vectors in high dimension. A scalar (float64); 1 when the batch has no spread."""
+    b = x.shape[0]
+    if b < 2:
+        return torch.ones((), dtype=torch.float64, device=x.device)
+    x64 = x.to(torch.float64)
+    sq = (x64 * x64).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * x64 @ x64.T).clamp_min(0).sqrt()
+    upper = torch.triu_indices(b, b, offset=1, device=x.device)
+    median = dist[upper[0], upper[1]].median()  # the lower median for an even count
+    return torch.where(median > 0, 2 ** 0.5 / median.clamp_min(1e-300), torch.ones_like(median))
+
+
 @dataclass
 class PLMSimilarity:
-    """Point-point and point-proxy similarity of a batch of teacher embeddings (knobs: METHOD.md)."""
+    """Point-point and point-proxy similarity of a batch of teacher embeddings (knobs: METHOD.md).
+
+    distance_scale: "absolute" measures o and p as they are (the paper's formula on unit vectors); "batch" first
+    multiplies them by batch_distance_scale(x), so that s depends on the batch's geometry relative to its own spread
+    and not on how compact the teacher's space happens to be [ours].
+    """
 
     n_alpha: float = 4.0
     n_beta: float = 1.0
@@ -74,6 +96,8 @@ class PLMSimilarity:
     tau: float = 0.5
     subset_selection: bool = True
     symmetrize: str = "mean"
+    greedy_test: str = "refit"
+    distance_scale: str = "absolute"
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None,
@@ -81,19 +105,32 @@ class PLMSimilarity:
         pieces = self.fit(x)
         s_proxy = None if proxy_points is None else self.to_proxies(x, pieces, proxy_points, proxy_bases)
         stats = {"piece_dim_mean": pieces.dims.float().mean(),
-                 "neighbourhood_size_mean": pieces.members.sum(1).float().mean()}
+                 "neighbourhood_size_mean": pieces.members.sum(1).float().mean(),
+                 "distance_scale": self.scale(x).float()}
         return SimilarityResult(self.pairwise(x, pieces), s_proxy, stats)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The factor applied to o and p for this batch (1 for "absolute")."""
+        if self.distance_scale == "batch":
+            return batch_distance_scale(x)
+        if self.distance_scale != "absolute":
+            raise ValueError(f"unknown distance scale {self.distance_scale!r}; choose one of "
+                             f"{', '.join(DISTANCE_SCALES)}")
+        return torch.ones((), dtype=torch.float64, device=x.device)
+
+    def _directed(self, o: torch.Tensor, p: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        return directed_similarity(o * factor, p * factor, self.n_alpha, self.n_beta)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Pieces:
         return fit_pieces(x, piece_dim=self.piece_dim, max_candidates=self.max_candidates, tau=self.tau,
-                          subset_selection=self.subset_selection)
+                          subset_selection=self.subset_selection, greedy_test=self.greedy_test)
 
     @torch.no_grad()
     def pairwise(self, x: torch.Tensor, pieces: Pieces) -> torch.Tensor:
         """s(i, j) for all batch pairs: B x B, symmetric, diagonal 1, values in (0, 1]."""
         o, p = piece_distances(x, pieces.anchors, pieces.bases)
-        directed = directed_similarity(o, p, self.n_alpha, self.n_beta)  # [i, j] = s'(i, j), piece of j
+        directed = self._directed(o, p, self.scale(x))  # [i, j] = s'(i, j), piece of j
         s = symmetrize(directed, directed.T, self.symmetrize)
         s.fill_diagonal_(1.0)
         return s.to(x.dtype)
@@ -105,6 +142,6 @@ class PLMSimilarity:
         # Re-orthonormalised in float64 for the same reason as the batch pieces (see fit_pieces).
         o_ik, p_ik = piece_distances(x, proxy_points, orthonormal_basis(proxy_bases.to(torch.float64)))
         o_ki, p_ki = piece_distances(proxy_points, pieces.anchors, pieces.bases)
-        s = symmetrize(directed_similarity(o_ik, p_ik, self.n_alpha, self.n_beta),
-                       directed_similarity(o_ki, p_ki, self.n_alpha, self.n_beta).T, self.symmetrize)
+        factor = self.scale(x)  # the batch's: proxies live in the same space
+        s = symmetrize(self._directed(o_ik, p_ik, factor), self._directed(o_ki, p_ki, factor).T, self.symmetrize)
         return s.to(x.dtype)

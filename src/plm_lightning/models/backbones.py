@@ -4,7 +4,7 @@ data/transforms.py builds the matching preprocessing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 from urllib.error import URLError
 
 import torch
@@ -23,6 +23,9 @@ class BackboneSpec:
     # [0, 1], ImageNet mean/std: torchvision), "caffe_bgr255" (BGR, 0-255, minus the Caffe mean [104, 117, 128], no
     # std: BN-Inception) or "any" (small nets from scratch: the dataset's own normalisation, vectors unchanged).
     input_space: str
+    # Maps the published pretrained state_dict (torchvision's / pretrainedmodels' keys) to this module's keys, for
+    # model.weights=PATH (models/weights.py); None where there is no published file.
+    native_keys: Optional[Callable[[dict], dict]] = None
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -74,10 +77,16 @@ def _torchvision(name: str, weights_enum: str):
 
         ctor = getattr(torchvision.models, name)
         weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
-        kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" and weights is None else {}
+        kwargs: dict = {}
+        if name == "googlenet":
+            # transform_input=True always (torchvision sets it with its weights): the network takes ImageNet-normalised
+            # input (our "imagenet_rgb") and maps it to the (x - 0.5) / 0.5 scaling its ported weights were trained
+            # on. Always, so that a model rebuilt without downloading (plm-eval, model.weights) computes the same
+            # function as the one trained from the downloaded weights.
+            kwargs["transform_input"] = True
+            if weights is None:
+                kwargs.update(aux_logits=False, init_weights=True)
         try:
-            # With weights, torchvision's GoogLeNet sets transform_input=True: it takes ImageNet-normalised input
-            # (our "imagenet_rgb") and maps it to the (x - 0.5) / 0.5 scaling its ported weights were trained on.
             net = ctor(weights=weights, **kwargs)
         except (URLError, OSError, RuntimeError) as exc:  # URLError is an OSError; RuntimeError: hash check
             raise _download_error(name, exc) from None
@@ -126,13 +135,33 @@ def bn_inception(pretrained: bool = True, in_channels: int = 3, width: int = 0) 
     return model
 
 
+def _googlenet_native(state: dict) -> dict:
+    return {"net." + k: v for k, v in state.items()}
+
+
+def _resnet50_native(state: dict) -> dict:
+    """torchvision's names (conv1, bn1, layer1, ...) -> positions in our nn.Sequential of its children."""
+    children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    position = {name: str(i) for i, name in enumerate(children)}
+    out = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in position:
+            out[f"{position[head]}.{rest}"] = value
+    return out
+
+
+def _bn_inception_native(state: dict) -> dict:
+    return _bn.published_to_module_state(state)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "small_cnn": BackboneSpec(small_cnn, lambda w: 2 * w, input_channels=0, pretrainable=False, input_space="any"),
     "mlp": BackboneSpec(mlp, lambda w: w, input_channels=0, pretrainable=False, input_space="any"),
     "googlenet": BackboneSpec(_torchvision("googlenet", "GoogLeNet_Weights"), lambda w: 1024, input_channels=3,
-                              pretrainable=True, input_space="imagenet_rgb"),
+                              pretrainable=True, input_space="imagenet_rgb", native_keys=_googlenet_native),
     "resnet50": BackboneSpec(_torchvision("resnet50", "ResNet50_Weights"), lambda w: 2048, input_channels=3,
-                             pretrainable=True, input_space="imagenet_rgb"),
+                             pretrainable=True, input_space="imagenet_rgb", native_keys=_resnet50_native),
     "bn_inception": BackboneSpec(bn_inception, lambda w: _bn.OUT_CHANNELS, input_channels=3, pretrainable=True,
-                                 input_space="caffe_bgr255"),
+                                 input_space="caffe_bgr255", native_keys=_bn_inception_native),
 }

@@ -140,14 +140,14 @@ def bn_inception_map_size(size: int) -> Optional[int]:
     return s
 
 
+def published_to_module_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The published state dict in this module's terms: the classifier dropped, its 1 x C vectors (batch-norm
+    tensors, biases) as C. Without the classifier the network has no 2-D tensors, so every 1 x C one is such a
+    vector."""
+    return {key: value.reshape(-1) if value.dim() == 2 and value.shape[0] == 1 else value
+            for key, value in state.items() if not key.startswith("last_linear.")}
+
+
 def load_pretrained_state(model: BNInception, state: dict[str, torch.Tensor]) -> None:
-    """Load the published state dict: drop the classifier, reshape its 1 x C batch-norm tensors to C; strict."""
-    own = model.state_dict()
-    converted = {}
-    for key, value in state.items():
-        if key.startswith("last_linear."):
-            continue
-        if key in own and value.dim() == 2 and value.shape[0] == 1 and own[key].dim() == 1:
-            value = value.reshape(-1)
-        converted[key] = value
-    model.load_state_dict(converted, strict=True)
+    """Load the published state dict (published_to_module_state), strictly."""
+    model.load_state_dict(published_to_module_state(state), strict=True)

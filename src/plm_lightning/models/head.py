@@ -2,6 +2,8 @@
 layer with orthogonal initialisation)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -74,7 +76,13 @@ def backbone_input_space(backbone: str) -> str:
 
 
 def build_embedder(backbone: str, *, embedding_dim: int, pooling: str, pretrained: bool, in_channels: int,
-                   width: int = 64, freeze_bn: bool = False) -> Embedder:
+                   width: int = 64, freeze_bn: bool = False, weights: Optional[str] = None) -> Embedder:
+    """weights: a local file for the backbone (model.weights, models/weights.py), used instead of the download that
+    ``pretrained`` asks for; the head always starts fresh."""
     spec = BACKBONES[backbone]
-    net = spec.build(pretrained=pretrained, in_channels=in_channels, width=width)
+    net = spec.build(pretrained=pretrained and weights is None, in_channels=in_channels, width=width)
+    if weights is not None:
+        from plm_lightning.models.weights import load_backbone_weights
+
+        load_backbone_weights(net, backbone, weights)
     return Embedder(net, EmbeddingHead(spec.out_channels(width), embedding_dim, pooling), freeze_bn=freeze_bn)

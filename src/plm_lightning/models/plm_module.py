@@ -7,21 +7,19 @@ sampler is rebuilt from it. Labels never reach this module's loss. It holds no e
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Optional
+from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.data.sampler import neighbour_table
+from plm_lightning.data.transforms import flatten_views
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
 from plm_lightning.manifold.estimators import build_estimator
+from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
-from plm_lightning.models.head import build_embedder
-from plm_lightning.utils.rng import collect_rng_states, set_rng_states
 
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
@@ -47,32 +45,22 @@ def build_similarity(cfg: DictConfig, name: str | None = None):
     return build_estimator(name or me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
                            max_candidates=d["max_candidates"], tau=me.tau, subset_selection=me.subset_selection,
                            gaussian_sigma=me.gaussian_sigma, knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"],
-                           seed=cfg.run.seed, binary_threshold=me.binary_threshold, symmetrize=me.symmetrize)
+                           seed=cfg.run.seed, binary_threshold=me.binary_threshold, symmetrize=me.symmetrize,
+                           greedy_test=me.greedy_test, distance_scale=me.distance_scale)
 
 
-class PLMModule(L.LightningModule):
+class PLMModule(EmbeddingModule):
     def __init__(self, config: dict[str, Any], in_channels: int):
-        super().__init__()
-        # A plain dict of primitives, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({"config": config, "in_channels": in_channels})
-        cfg = OmegaConf.create(config)
-        self.cfg = cfg
-        m = cfg.model
-        self.student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling,
-                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width,
-                                      freeze_bn=bool(m.get("freeze_bn", False)))  # absent in older checkpoints
+        super().__init__(config, in_channels)
+        cfg = self.cfg
         self.teacher = make_teacher(self.student)
         me = cfg.method
         derived = derived_method_values(cfg)
-        self.proxies = ProxyManifold(me.num_proxies, m.embedding_dim, me.piece_dim) if me.num_proxies > 0 else None
+        self.proxies = (ProxyManifold(me.num_proxies, cfg.model.embedding_dim, me.piece_dim)
+                        if me.num_proxies > 0 else None)
         self.criterion = PLMLoss(build_similarity(cfg), delta=me.delta, lambda_proxy=me.lambda_proxy,
                                  lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
                                  normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
-        # Set by on_load_checkpoint, applied at the start of the first resumed epoch (see on_train_epoch_start).
-        self._resume_state: Optional[dict[str, Any]] = None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.student(images)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -106,51 +94,28 @@ class PLMModule(L.LightningModule):
             else:
                 self.proxies.initialise_(emb.to(self.device), table.to(self.device), generator)
 
-    def on_train_epoch_start(self) -> None:
-        datamodule: RetrievalDataModule = self.trainer.datamodule
-        epoch = self.trainer.current_epoch
-        sampler = datamodule.batch_sampler
-        if self._resume_state is not None:
-            # Restored here, not in on_load_checkpoint: this is the first point of the resumed run that has a
-            # counterpart in the uninterrupted one (the checkpoint is written at the end of the previous epoch and
-            # nothing draws random numbers in between), while Lightning does work of its own between loading and
-            # here. The training loader has its own generator (RetrievalDataModule.train_dataloader): Lightning
-            # creates its first iterator before this hook, and that would otherwise draw from the global RNG.
-            state, self._resume_state = self._resume_state, None
-            if state.get("neighbours") is not None and sampler.neighbours is None:
-                sampler.set_neighbours(state["neighbours"])
-            if state.get("rng") is not None:
-                set_rng_states(state["rng"])
-        if sampler.neighbours is None or epoch % self.cfg.data.refresh_every == 0:
+    def prepare_epoch(self, datamodule: RetrievalDataModule, epoch: int) -> None:
+        if datamodule.batch_sampler.neighbours is None or epoch % self.cfg.data.refresh_every == 0:
             self.refresh_neighbours(datamodule)
-        # Lightning calls set_epoch on samplers, not on custom batch samplers: the order depends on it.
-        sampler.set_epoch(epoch)
 
     # --- checkpoints (exact resume) --------------------------------------------------------------------------------
-    # The teacher and the proxies (with their ``initialized`` buffer) are submodules and travel in the state_dict;
-    # here the RNG states and the sampler go along, as plain data (checkpoints load with weights_only=True).
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Any] = {"rng": collect_rng_states()}
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        sampler = getattr(datamodule, "batch_sampler", None)
-        if sampler is not None:
-            state["sampler_epoch"] = int(sampler.epoch)
-            # The table is rebuilt from the teacher at the start of an epoch only every refresh_every epochs; in
-            # between, a resumed run needs the table that the uninterrupted run still uses.
-            if self.cfg.data.refresh_every > 1 and sampler.neighbours is not None:
-                state["neighbours"] = sampler.neighbours.clone()
-        checkpoint["plm_resume"] = state
+    # The teacher and the proxies (with their ``initialized`` buffer) are submodules and travel in the state_dict.
+    def extra_resume_state(self, sampler) -> dict[str, Any]:
+        # The table is rebuilt from the teacher at the start of an epoch only every refresh_every epochs; in
+        # between, a resumed run needs the table that the uninterrupted run still uses.
+        if self.cfg.data.refresh_every > 1 and sampler.neighbours is not None:
+            return {"neighbours": sampler.neighbours.clone()}
+        return {}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_state = checkpoint.get("plm_resume")
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        sampler = getattr(datamodule, "batch_sampler", None)
-        if self._resume_state is not None and sampler is not None and "sampler_epoch" in self._resume_state:
-            sampler.set_epoch(self._resume_state["sampler_epoch"])
+    def restore_resume_state(self, state: dict[str, Any], sampler) -> None:
+        if state.get("neighbours") is not None and sampler.neighbours is None:
+            sampler.set_neighbours(state["neighbours"])
 
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
+        if images.dim() == 5:  # data.views > 1: B x V x C x H x W -> V * B images, one similarity over all of them
+            images = flatten_views(images)
         z = self.student(images)
         with torch.no_grad():
             x = self.teacher(images)
@@ -168,38 +133,9 @@ class PLMModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         ema_update_(self.teacher, self.student, self.cfg.method.ema_momentum)
 
-    def configure_optimizers(self):
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        if self.proxies is None:
+            return []
         o = self.cfg.optim
-        head_lr = o.head_lr if o.head_lr is not None else o.lr
-        groups = [
-            {"params": list(self.student.backbone.parameters()), "lr": o.lr, "weight_decay": o.weight_decay,
-             "name": "backbone"},
-            {"params": list(self.student.head.parameters()), "lr": head_lr, "weight_decay": o.weight_decay,
-             "name": "head"},
-        ]
-        if self.proxies is not None:
-            groups.append({"params": list(self.proxies.parameters()),
-                           "lr": o.proxy_lr if o.proxy_lr is not None else o.lr, "weight_decay": 0.0,
-                           "name": "proxies"})
-        if o.name == "adamw":
-            optimizer = torch.optim.AdamW(groups)
-        elif o.name == "adam":
-            optimizer = torch.optim.Adam(groups)
-        else:
-            optimizer = torch.optim.SGD(groups, momentum=o.momentum)
-        if o.scheduler == "none" and o.warmup_epochs == 0:
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        warmup = o.warmup_epochs * per_epoch
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if o.scheduler == "none":
-                return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return [{"params": list(self.proxies.parameters()), "lr": o.proxy_lr if o.proxy_lr is not None else o.lr,
+                 "weight_decay": 0.0, "name": "proxies"}]

@@ -1,0 +1,119 @@
+"""What every training method's LightningModule shares: the student embedder built from the config, the optimiser
+and learning-rate schedule, and exact resume (RNG states and the batch sampler's epoch in every checkpoint).
+
+Subclasses: ``PLMModule`` (the method) and ``SupervisedModule`` (the labelled reference). A subclass adds its own
+parameter groups (``extra_param_groups``), per-epoch preparation (``prepare_epoch``) and resume state
+(``extra_resume_state`` / ``restore_resume_state``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from plm_lightning.models.head import build_embedder
+from plm_lightning.utils.rng import collect_rng_states, set_rng_states
+
+
+class EmbeddingModule(L.LightningModule):
+    def __init__(self, config: dict[str, Any], in_channels: int, **hparams: Any):
+        super().__init__()
+        # A plain dict of primitives, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config, "in_channels": in_channels, **hparams})
+        cfg = OmegaConf.create(config)
+        self.cfg = cfg
+        m = cfg.model
+        self.student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling,
+                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width,
+                                      freeze_bn=bool(m.get("freeze_bn", False)),  # absent in older checkpoints
+                                      weights=m.get("weights"))
+        # Set by on_load_checkpoint, applied at the start of the first resumed epoch (see on_train_epoch_start).
+        self._resume_state: Optional[dict[str, Any]] = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)
+
+    # --- per epoch -----------------------------------------------------------------------------------------------
+    def prepare_epoch(self, datamodule, epoch: int) -> None:
+        """Work at the start of every epoch, before the batch order is fixed (PLM: the neighbour table)."""
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        sampler = datamodule.batch_sampler
+        if self._resume_state is not None:
+            # Restored here, not in on_load_checkpoint: this is the first point of the resumed run that has a
+            # counterpart in the uninterrupted one (the checkpoint is written at the end of the previous epoch and
+            # nothing draws random numbers in between), while Lightning does work of its own between loading and
+            # here. The training loader has its own generator (RetrievalDataModule.train_dataloader): Lightning
+            # creates its first iterator before this hook, and that would otherwise draw from the global RNG.
+            state, self._resume_state = self._resume_state, None
+            self.restore_resume_state(state, sampler)
+            if state.get("rng") is not None:
+                set_rng_states(state["rng"])
+        self.prepare_epoch(datamodule, self.trainer.current_epoch)
+        # Lightning calls set_epoch on samplers, not on custom batch samplers: the order depends on it.
+        sampler.set_epoch(self.trainer.current_epoch)
+
+    # --- checkpoints (exact resume) --------------------------------------------------------------------------------
+    def extra_resume_state(self, sampler) -> dict[str, Any]:
+        return {}
+
+    def restore_resume_state(self, state: dict[str, Any], sampler) -> None:
+        """Apply what extra_resume_state saved (before the RNG states are restored and prepare_epoch runs)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state: dict[str, Any] = {"rng": collect_rng_states()}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sampler = getattr(datamodule, "batch_sampler", None)
+        if sampler is not None:
+            state["sampler_epoch"] = int(sampler.epoch)
+            state.update(self.extra_resume_state(sampler))
+        checkpoint["plm_resume"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_state = checkpoint.get("plm_resume")
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sampler = getattr(datamodule, "batch_sampler", None)
+        if self._resume_state is not None and sampler is not None and "sampler_epoch" in self._resume_state:
+            sampler.set_epoch(self._resume_state["sampler_epoch"])
+
+    # --- optimisation --------------------------------------------------------------------------------------------
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups beyond the backbone and the head (PLM: the proxies)."""
+        return []
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        head_lr = o.head_lr if o.head_lr is not None else o.lr
+        groups = [
+            {"params": list(self.student.backbone.parameters()), "lr": o.lr, "weight_decay": o.weight_decay,
+             "name": "backbone"},
+            {"params": list(self.student.head.parameters()), "lr": head_lr, "weight_decay": o.weight_decay,
+             "name": "head"},
+            *self.extra_param_groups(),
+        ]
+        if o.name == "adamw":
+            optimizer = torch.optim.AdamW(groups)
+        elif o.name == "adam":
+            optimizer = torch.optim.Adam(groups)
+        else:
+            optimizer = torch.optim.SGD(groups, momentum=o.momentum)
+        if o.scheduler == "none" and o.warmup_epochs == 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        warmup = o.warmup_epochs * per_epoch
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if o.scheduler == "none":
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
