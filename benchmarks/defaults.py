@@ -10,6 +10,8 @@ Two kinds of measurement, both written to one JSON file (default benchmarks/resu
   normalisation).
 
     python benchmarks/defaults.py --config digits.yaml [--seeds 0 1] [--skip-training] [--workers 2]
+    python benchmarks/defaults.py --config glyphs.yaml --skip-training --seeds 0 1 2 \
+        --set model.weights=runs/ladder/pretrain/checkpoints/last.ckpt   # quality on the benchmark
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ QUALITY_GRID = {
     "method.n_beta": [0.0, 0.5, 1.0, 2.0],
     "method.symmetrize": ["mean", "min", "max"],
     "method.subset_selection": [True, False],
+    "method.greedy_test": ["refit", "current"],
+    "method.distance_scale": ["absolute", "batch"],
 }
 
 TRAINING_GRID = {
@@ -46,14 +50,27 @@ TRAINING_GRID = {
 }
 
 
-def quality_rows(config: str, features: str) -> list[dict]:
+def quality_rows(config: str, features: str, seeds: list[int], overrides: list[str]) -> list[dict]:
+    """Similarity quality per knob value, mean and std over seeds (each seed draws other nearest-neighbour batches;
+    for "initial" features also another initial network where the backbone is not loaded from model.weights)."""
     from plm_lightning.analysis.studies import sensitivity_study
     from plm_lightning.config import load_config
 
-    cfg = load_config(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = sensitivity_study(cfg, Path(tmp), features=features, grid=QUALITY_GRID)
-    return [{**r, "features": features} for r in rows]
+    per_seed: dict[tuple, list[dict]] = {}
+    for seed in seeds:
+        cfg = load_config(config, [*overrides, f"run.seed={seed}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in sensitivity_study(cfg, Path(tmp), features=features, grid=QUALITY_GRID):
+                per_seed.setdefault((r["knob"], str(r["value"])), []).append(r)
+    rows = []
+    for (knob, _), rs in per_seed.items():
+        row = {"features": features, "knob": knob, "value": rs[0]["value"], "seeds": seeds}
+        for key in ("purity", "pearson"):
+            values = [r[key] for r in rs]
+            row[key] = statistics.fmean(values)
+            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
 
 
 def fit_once(config: str, overrides: list[str], seed: int, root: Path) -> dict:
@@ -71,17 +88,18 @@ def fit_once(config: str, overrides: list[str], seed: int, root: Path) -> dict:
             "final_MAP@R": metrics["final"]["MAP@R"], "best_R@1": metrics["best"]["R@1"]}
 
 
-def training_rows(config: str, seeds: list[int], workers: int) -> list[dict]:
+def training_rows(config: str, seeds: list[int], workers: int, base: list[str]) -> list[dict]:
     jobs = [([], s) for s in seeds]
     for key, values in TRAINING_GRID.items():
         for v in values:
             jobs += [([f"{key}={v}"], s) for s in seeds]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda job: fit_once(config, job[0], job[1], Path(tmp)), jobs))
+        results = list(pool.map(lambda job: fit_once(config, [*base, *job[0]], job[1], Path(tmp)), jobs))
     # mean over seeds per setting
     grouped: dict[str, list[dict]] = {}
     for r in results:
-        grouped.setdefault(" ".join(r["overrides"]) or "(bundled config)", []).append(r)
+        setting = [o for o in r["overrides"] if o not in base]
+        grouped.setdefault(" ".join(setting) or "(bundled config)", []).append(r)
     rows = []
     for setting, rs in grouped.items():
         row = {"setting": setting, "seeds": [r["seed"] for r in rs]}
@@ -100,19 +118,22 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--features", nargs="+", default=["initial", "raw"])
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config override for every measurement (repeatable), e.g. model.weights=PATH")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     name = Path(args.config).stem
     output = Path(args.output or Path(__file__).parent / "results" / f"defaults-{name}.json")
     started = time.perf_counter()
     table = {"config": args.config, "quality": [], "training": []}
+    table["overrides"] = args.overrides
     for features in args.features:
-        table["quality"] += quality_rows(args.config, features)
+        table["quality"] += quality_rows(args.config, features, args.seeds, args.overrides)
     for r in table["quality"]:
-        print(f"quality {r['features']:8s} {r['knob']:26s} {str(r['value']):6s} purity {r['purity']:.4f} "
-              f"pearson {r['pearson']:.4f}")
+        print(f"quality {r['features']:8s} {r['knob']:26s} {str(r['value']):8s} purity {r['purity']:.4f} "
+              f"± {r['purity_std']:.4f}  pearson {r['pearson']:.4f} ± {r['pearson_std']:.4f}")
     if not args.skip_training:
-        table["training"] = training_rows(args.config, args.seeds, args.workers)
+        table["training"] = training_rows(args.config, args.seeds, args.workers, args.overrides)
         for r in table["training"]:
             print(f"training {r['setting']:32s} R@1 {r['final_R@1']:.2f}±{r['final_R@1_std']:.2f}  "
                   f"MAP@R {r['final_MAP@R']:.2f}±{r['final_MAP@R_std']:.2f}  best R@1 {r['best_R@1']:.2f}  "

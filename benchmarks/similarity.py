@@ -1,4 +1,4 @@
-"""Cost of the PLM similarity + loss (METHOD.md "Experiments" item 4: compute and memory as B, d and N_rho grow).
+"""Cost of the PLM similarity + loss (docs/method.md, the studies: compute and memory as B, d and N_rho grow).
 
 What is measured, for B in {60, 120, 240}, d in {128, 512}, N_rho in {0, 100, 400}, with the default knobs
 (N_alpha 4, N_beta 1, m 2, k 5, M = 2k = 10, tau 0.5, q = 5) on random L2-normalised teacher embeddings x and
@@ -65,7 +65,7 @@ NUM_PROXIES = (0, 100, 400)
 HEADLINE = (120, 512, 100)
 PROFILE_CONFIG = (240, 512, 400)
 
-# Default knobs (METHOD.md): N_alpha 4, N_beta 1, m 2, k 5 -> M = 2k = 10, tau 0.5, q = k = 5.
+# Default knobs (docs/method.md): N_alpha 4, N_beta 1, m 2, k 5 -> M = 2k = 10, tau 0.5, q = k = 5.
 KNOBS = dict(n_alpha=4.0, n_beta=1.0, piece_dim=2, max_candidates=10, tau=0.5)
 PROXY_NEIGHBOURS = 5
 

@@ -1,7 +1,7 @@
 """Distributed evaluation equals single-process evaluation, on a test split whose size is odd.
 
 Two CPU processes (gloo) shard the 303-item test split 152 / 151, so the gather pads one rank and must drop the padding
-by dataset index (PROTOCOLS.md section 1, "Multi-GPU"). The evaluation before training sees the identical initial
+by dataset index (docs/protocols.md, "Multi-GPU"). The evaluation before training sees the identical initial
 network in both runs, so every metric must be bit-for-bit the same. Lightning's DDP launcher re-executes sys.argv,
 hence a subprocess running the real entry point module.
 """

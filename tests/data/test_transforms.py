@@ -1,9 +1,10 @@
-"""Per-backbone preprocessing (PROTOCOLS.md §3) and the loaders of the DataModule.
+"""Per-backbone preprocessing (docs/protocols.md) and the loaders of the DataModule.
 
 Input spaces: imagenet_rgb (torchvision weights: ImageNet mean/std), caffe_bgr255 (BN-Inception: BGR, 0-255, minus
 [104, 117, 128]), any (small nets: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for gray). Train: random resized
 crop (scale 0.16-1) + flip; eval: resize + centre crop."""
 import itertools
+import math
 import pickle
 
 import numpy as np
@@ -135,3 +136,63 @@ def test_train_loader_with_workers_waits_for_the_neighbour_table():
         dm.batch_sampler.set_epoch(2)
         assert len(list(itertools.islice(loader, 2))) == 2  # a second epoch (persistent workers with 2)
     assert len(orders[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*orders))  # same batches either way
+
+
+# --- batch augmentation of upright images (digits, glyphs) ------------------------------------------------------------
+def test_batch_affine_has_torchvisions_geometry():
+    from torchvision.transforms.v2 import functional as TF
+
+    from plm_lightning.data.transforms import affine_sampling_matrices
+
+    image = torch.zeros(1, 1, 32, 32)
+    image[0, 0, 8:24, 14:18] = 1
+    image[0, 0, 8:11, 14:26] = 1  # an asymmetric shape: a wrong rotation sense would show
+    for angle, scale, tx, ty in [(20.0, 1.0, 0, 0), (-7.0, 1.0, 0, 0), (0.0, 1.2, 0, 0), (0.0, 1.0, 3, -2),
+                                 (15.0, 0.9, 2, 1)]:
+        want = TF.affine(image[0], angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
+                         interpolation=v2.InterpolationMode.BILINEAR)
+        theta = affine_sampling_matrices(torch.tensor([math.radians(angle)]), torch.tensor([scale]),
+                                         torch.tensor([[2 * tx / 32, 2 * ty / 32]]))
+        grid = torch.nn.functional.affine_grid(theta, [1, 1, 32, 32], align_corners=False)
+        got = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=False)
+        assert torch.allclose(got[0], want, atol=1e-5), (angle, scale, tx, ty)
+
+
+def test_batch_affine_draws_per_image_pads_with_black_and_keeps_views_apart():
+    from plm_lightning.data.transforms import BatchRandomAffine, MultiView, flatten_views
+
+    dm = datamodule(**{"data.views": 2})
+    dm.setup("fit")
+    augment = dm.batch_augmentation
+    assert isinstance(augment, BatchRandomAffine) and augment.fill == (-1.0,)  # (0 - 0.5) / 0.5: black
+    assert isinstance(dm.train_set.transform, MultiView)
+    images = torch.stack([dm.train_set[i][0] for i in range(4)])  # 4 x 2 views x 1 x 16 x 16, views identical
+    assert images.shape == (4, 2, 1, 16, 16) and torch.equal(images[:, 0], images[:, 1])
+    torch.manual_seed(0)
+    out = augment(images)
+    assert out.shape == images.shape and not torch.equal(out[:, 0], out[:, 1])  # each view its own draw
+    assert out.min() >= -1 - 1e-5  # padding is black, never darker
+    flat = flatten_views(out)
+    assert torch.equal(flat[:4], out[:, 0]) and torch.equal(flat[4:], out[:, 1])  # view-major
+    torch.manual_seed(0)
+    assert torch.equal(augment(images), out)  # the global generator: checkpointed, so resume is exact
+    blank = torch.full((3, 1, 16, 16), -1.0)
+    assert torch.allclose(augment(blank), blank)
+
+
+def test_batch_augmentation_only_while_training():
+    dm = datamodule()
+    dm.setup("fit")
+
+    class Trainer:
+        training = False
+
+    dm.trainer = Trainer()
+    batch = [torch.zeros(2, 1, 16, 16) + 0.5, torch.tensor([0, 1]), torch.tensor([0, 1])]
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
+    Trainer.training = True
+    torch.manual_seed(1)
+    assert not torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
+    plain = datamodule(**{"data.augment": False})
+    plain.setup("fit")
+    assert plain.batch_augmentation is None

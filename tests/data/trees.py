@@ -1,4 +1,4 @@
-"""Miniature dataset trees in the exact official on-disk layouts (PROTOCOLS.md §2), for tests.
+"""Miniature dataset trees in the exact official on-disk layouts (docs/protocols.md), for tests.
 
 Each ``make_*_tree(root, ...)`` writes tiny images and the official metadata files into ``root`` and returns it.
 Their class ids span both splits, and the first class carries the awkward files real datasets have: a greyscale

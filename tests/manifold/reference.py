@@ -1,4 +1,4 @@
-"""Slow reference implementation of the PLM method, written straight from METHOD.md ("Linear pieces",
+"""Slow reference implementation of the PLM method, written straight from docs/method.md ("Linear pieces",
 "Similarity", "Proxies", "Loss") with plain Python loops per point and per pair, in float64 numpy.
 
 Deliberately independent of the package (no plm_lightning import, no torch): the vectorised implementation is
@@ -156,12 +156,14 @@ def point_loss(Z, S, delta: float = 1.0) -> float:
     return sum(terms) / len(terms) if terms else 0.0
 
 
-def proxy_loss(Z, R, S_proxy, delta: float = 1.0) -> float:
-    """Mean over i, k of (delta (1 - s(i, k)) - ||z_i - rho_k||)^2."""
+def proxy_loss(Z, R, S_proxy, delta: float = 1.0, nearest=None) -> float:
+    """Mean over i, k of (delta (1 - s(i, k)) - ||z_i - rho_k||)^2; with ``nearest`` = q, k runs over the q proxies
+    most similar to x_i (ties: lower proxy index first)."""
     Z, R, S = _as64(Z), _as64(R), _as64(S_proxy)
     terms = []
     for i in range(Z.shape[0]):
-        for k in range(R.shape[0]):
+        proxies = sorted(range(R.shape[0]), key=lambda k: (-S[i, k], k))
+        for k in proxies[: nearest if nearest is not None else len(proxies)]:
             terms.append((delta * (1 - S[i, k]) - _norm(Z[i] - R[k])) ** 2)
     return sum(terms) / len(terms)
 

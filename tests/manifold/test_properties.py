@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the PLM similarity and loss (METHOD.md, "Similarity", "Loss").
+"""Property-based tests (hypothesis) of the PLM similarity and loss (docs/method.md, "Similarity", "Loss").
 
 Batches are drawn either directly by hypothesis (small integer or float coordinates: duplicates, collinear and
 degenerate batches included) or, where an exact invariance is checked after refitting the pieces, from a seeded
@@ -219,7 +219,7 @@ def test_off_beats_along_in_the_formula_when_n_alpha_at_least_twice_n_beta(t, p0
 
 
 def test_n_alpha_above_n_beta_alone_does_not_make_off_piece_decay_faster_for_small_moves():
-    # METHOD.md motivates N_alpha > N_beta as "similarity decays faster off the piece". Because o enters as o/2,
+    # docs/method.md motivates N_alpha > N_beta as "similarity decays faster off the piece". Because o enters as o/2,
     # that holds for every distance t only when N_alpha >= 2 N_beta: for small t, s' ~ 1 - (N_alpha/2) t off the
     # piece against 1 - N_beta t along it. Documented here; the implementation follows the formula.
     s_off, s_along, _, _ = _off_and_along(0, 3, 1, 0.0, 0.1, n_alpha=1.5, n_beta=1.0)

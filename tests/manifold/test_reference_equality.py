@@ -1,4 +1,4 @@
-"""The vectorised PLM implementation against the slow loop-per-point reference in reference.py (METHOD.md).
+"""The vectorised PLM implementation against the slow loop-per-point reference in reference.py (docs/method.md).
 
 Pieces are compared by their neighbourhoods (exactly) and their projection matrices U U^T (bases are unique only up
 to a rotation within the subspace); similarities and loss terms within 1e-5.
@@ -90,6 +90,9 @@ def check_everything(X, *, m, M, tau, subset_selection, n_alpha=4.0, n_beta=1.0,
                                atol=TOL, err_msg=f"{context} proxy s (reference pieces)")
     assert proxy_loss(_t(Z), _t(R), _t(want_sp), delta).item() == pytest.approx(
         ref.proxy_loss(Z, R, want_sp, delta), abs=TOL), f"{context} proxy loss"
+    for q in qs:  # proxy_pairs=nearest: each point's q most similar proxies (q > K: all of them)
+        assert proxy_loss(_t(Z), _t(R), _t(want_sp), delta, nearest=q).item() == pytest.approx(
+            ref.proxy_loss(Z, R, want_sp, delta, nearest=q), abs=TOL), f"{context} proxy loss, nearest {q}"
     for q in qs:
         got = neighbourhood_loss(_t(X), _t(want_sp), _t(R), _t(V), q).item()
         assert got == pytest.approx(ref.neighbourhood_loss(X, want_sp, R, V, q), abs=TOL), \

@@ -34,3 +34,23 @@ def test_teacher_is_frozen_eval_and_follows_by_ema():
     m = module.cfg.method.ema_momentum
     for b, t, s in zip(before, module.teacher.parameters(), module.student.parameters()):
         assert torch.allclose(t, m * b + (1 - m) * s)
+
+
+def test_views_make_one_similarity_over_every_view():
+    """data.views=2: B items of V views each are embedded as V * B points (view-major), the similarity covers all of
+    them, and the quality monitor reads the labels repeated the same way."""
+    from plm_lightning.callbacks.similarity_quality import SimilarityQualityMonitor
+
+    cfg = load_config("synthetic.yaml", ["data.views=2", "method.num_proxies=0"])
+    module = PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=32)
+    torch.manual_seed(0)
+    x = torch.randn(10, 1, 32).repeat(1, 2, 1)  # two identical views of 10 items: B x V x D
+    labels = torch.arange(10) % 3
+    out = module.training_step((x, labels, torch.arange(10)), 0)
+    s = out["s"]
+    assert s.shape == (20, 20)
+    # The two views of an item are identical points: similarity 1 between them.
+    assert torch.allclose(s[torch.arange(10), torch.arange(10) + 10], torch.ones(10, dtype=s.dtype))
+    monitor = SimilarityQualityMonitor(purity_k=1)
+    monitor.on_train_batch_end(None, module, out, (x, labels, torch.arange(10)), 0)
+    assert float(monitor.quality.compute()["purity"]) == 1.0  # each point's most similar is its own other view

@@ -1,5 +1,5 @@
 """Our retrieval metrics against an independent implementation: pytorch-metric-learning's AccuracyCalculator
-(PROTOCOLS.md section 1, "Reference oracle").
+(docs/protocols.md, "Reference oracle").
 
 PML is called the documented way for the same-set protocol, ``get_accuracy(query, query_labels)`` with the reference
 omitted (PML >= 2: the query set is its own reference, ``ref_includes_query=True`` internally, and the query is removed

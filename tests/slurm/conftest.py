@@ -1,4 +1,4 @@
-"""A real one-node SLURM cluster on localhost for the end-to-end tests (PROTOCOLS.md section 5).
+"""A real one-node SLURM cluster on localhost for the end-to-end tests (Debian's slurmctld, slurmd, munge).
 
 The session fixture ``slurm_cluster`` writes a slurm.conf whose state, spool, log and pid files live in temporary
 folders, starts munged (as user munge, on its own socket), slurmctld and slurmd on free ports, waits until ``sinfo``

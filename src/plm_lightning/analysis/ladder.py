@@ -55,6 +55,21 @@ LADDER: tuple[Rung, ...] = (
     Rung("k-means", ("method.similarity=kmeans",), "same-cluster pseudo-labels within the batch"),
     Rung("supervised", ("method.name=supervised",), "labels of the training classes: an upper bound"),
 )
+# The evidence for our ("[ours]") training defaults: one knob changed at a time from the config (docs/method.md).
+# Run with `--rungs knobs` into the ladder's run.dir to reuse its PLM runs.
+KNOBS: tuple[Rung, ...] = (
+    Rung("PLM", (), "the method as configured"),
+    Rung("1 view", ("data.views=1",), "one augmented view per image"),
+    Rung("lr 1e-4", ("optim.lr=1e-4",), "the paper's GoogLeNet learning rate"),
+    Rung("greedy: current piece", ("method.greedy_test=current",), "candidates tested against the piece without them"),
+    Rung("distance scale: batch", ("method.distance_scale=batch",), "o and p relative to the batch's spread"),
+    Rung("EMA 0.99", ("method.ema_momentum=0.99",), "a faster teacher"),
+    Rung("proxy lr 1e-2", ("optim.proxy_lr=1e-2",), "proxies 10x faster than the network"),
+    Rung("proxy lr 1e-1", ("optim.proxy_lr=1e-1",), "proxies 100x faster"),
+    Rung("L_proxy: nearest proxies", ("method.proxy_pairs=nearest",), "each point's q most similar proxies only"),
+    Rung("head lr 1e-2", ("optim.head_lr=1e-2",), "the embedding head 10x faster"),
+)
+RUNG_SETS = {"ladder": LADDER, "knobs": KNOBS}
 REFERENCES = ("raw input", "random network", "pretrained only")
 # The orderings the paper reports (a > b), checked on the ladder's final R@1.
 PAPER_ORDER = (("PLM", "pretrained only"), ("PLM", "no subset selection"), ("PLM", "no proxies"),
@@ -246,8 +261,9 @@ def curves_plot(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -
 def ladder_study(cfg: DictConfig, out: Path, *, seeds: Sequence[int] = (0, 1, 2),
                  rungs: Sequence[Rung] = LADDER, pretrain_cfg: Optional[DictConfig] = None,
                  fit: Optional[Callable[[DictConfig], dict[str, Any]]] = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the ladder (see the module docstring) and write its table, CSV, JSON and plots into ``out``."""
+                 log: Callable[[str], None] = print, name: str = "ladder") -> dict[str, Any]:
+    """Run the ladder (see the module docstring) and write its table, CSV, JSON and plots into ``out`` as
+    ``<name>.md``, ``<name>.csv``, ``<name>.json``, ``<name>.png`` and ``<name>_curves.png``."""
     if fit is None:
         from plm_lightning.experiment import fit as fit_run
 
@@ -269,7 +285,7 @@ def ladder_study(cfg: DictConfig, out: Path, *, seeds: Sequence[int] = (0, 1, 2)
         result = run_once(run_cfg, out / "runs" / f"{rung.slug}-s{seed}", fit)
         runs.setdefault(rung.name, []).append(result)
         final = result["final"]["R@1"]
-        log(f"ladder [{i}/{total}] {rung.name}, seed {seed}: final R@1 {final:.2f} "
+        log(f"{name} [{i}/{total}] {rung.name}, seed {seed}: final R@1 {final:.2f} "
             f"(best {result['best']['R@1']:.2f} at epoch {result['best_epoch']}), {result['wall_s']:.0f} s"
             + (" (reused)" if result["reused"] else ""))
 
@@ -286,20 +302,21 @@ def ladder_study(cfg: DictConfig, out: Path, *, seeds: Sequence[int] = (0, 1, 2)
         rows[rung.name] = summarise(rung.name, runs[rung.name], note=rung.note)
     checks = goal_checks(rows)
     wall = time.perf_counter() - started
-    header = (f"# Ablation ladder: {cfg.data.name}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+    title = "Ablation ladder" if name == "ladder" else f"Rungs '{name}'"
+    header = (f"# {title}: {cfg.data.name}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
               f"{cfg.trainer.max_epochs} epochs, final epoch\n\nZero-shot retrieval on the test classes, mean ± std "
               f"over seeds. Wall time of this invocation: {wall / 60:.1f} min.")
     ordered = list(rows.values())
-    atomic_write_text(out / "ladder.md", markdown_table(ordered, checks, header))
-    _write_csv(ordered, out / "ladder.csv")
+    atomic_write_text(out / f"{name}.md", markdown_table(ordered, checks, header))
+    _write_csv(ordered, out / f"{name}.csv")
     result = {"config": OmegaConf.to_container(cfg, resolve=True), "seeds": list(seeds), "rows": ordered,
               "checks": checks, "wall_s": wall, "pretrain": None if pretrain is None else {
                   "final": pretrain.get("final"), "wall_s": pretrain["wall_s"]},
               "runs": {name: [{k: r.get(k) for k in ("initial", "final", "best", "best_epoch", "history", "wall_s")}
                               for r in group] for name, group in runs.items()}}
-    atomic_write_text(out / "ladder.json", json.dumps(json_safe(result), indent=1) + "\n")
-    title = f"{cfg.data.name}: ablation ladder ({len(seeds)} seeds)"
-    bar_plot(ordered, out / "ladder.png", title)
-    curves_plot(runs, out / "ladder_curves.png", title)
+    atomic_write_text(out / f"{name}.json", json.dumps(json_safe(result), indent=1) + "\n")
+    title = f"{cfg.data.name}: {title.lower()} ({len(seeds)} seeds)"
+    bar_plot(ordered, out / f"{name}.png", title)
+    curves_plot(runs, out / f"{name}_curves.png", title)
     return result
 

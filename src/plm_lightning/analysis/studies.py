@@ -1,4 +1,4 @@
-"""The four experiments readers of the method ask for (METHOD.md, "Experiments the method's readers ask for").
+"""The four experiments readers of the method ask for (docs/method.md, "Experiments the method's readers ask for").
 
 Each study takes a validated base config, varies a few knobs, writes ``<name>.csv`` and ``<name>.png`` into its
 output folder and returns its rows:

@@ -6,7 +6,7 @@
 
 EMBEDDINGS.npz holds `embeddings` (N x d) and `labels` (N), and for --query-gallery the boolean masks `is_query` and
 `is_gallery` (N each, disjoint). It is read with numpy's allow_pickle=False: a file that needs unpickling is refused.
-Without --query-gallery every row queries all other rows (the standard protocol; PROTOCOLS.md section 1).
+Without --query-gallery every row queries all other rows (the standard protocol; docs/protocols.md).
 With --ckpt, the student network of the checkpoint embeds the split exactly as the training-time evaluation does
 (same loader, batch size and precision), and K, the backend, normalisation, NMI and MAP@R default to the config's
 `eval` group. The metrics (percentages) are printed as JSON; --output also writes them (atomically).

@@ -39,6 +39,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "('auto': <config>_pretrain.yaml if there is one; 'none': no pretraining)")
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                         help="ladder: an override of the pretraining config (repeatable)")
+    parser.add_argument("--rungs", choices=("ladder", "knobs"), default="ladder",
+                        help="ladder: the ablation ladder, or 'knobs' (one [ours] training default changed at a "
+                             "time; written as knobs.md etc. beside the ladder's files)")
     args, overrides = parser.parse_known_args(argv)
     cfg = config_or_none("plm-study", args.config, overrides)
     if cfg is None:
@@ -60,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _ladder(cfg, args, out: Path) -> int:
-    from plm_lightning.analysis.ladder import ladder_study, pretrain_config_for
+    from plm_lightning.analysis.ladder import RUNG_SETS, ladder_study, pretrain_config_for
 
     pretrain_cfg = None
     if args.pretrain != "none" and cfg.model.weights is None:
@@ -70,7 +73,8 @@ def _ladder(cfg, args, out: Path) -> int:
             if pretrain_cfg is None:
                 return 2
     try:
-        ladder_study(cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg)
+        ladder_study(cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg, rungs=RUNG_SETS[args.rungs],
+                     name=args.rungs)
     except Exception as exc:
         from plm_lightning.config import ConfigError
         from plm_lightning.data.base import DatasetError
@@ -79,8 +83,9 @@ def _ladder(cfg, args, out: Path) -> int:
         if isinstance(exc, (ConfigError, DatasetError, PretrainedWeightsError)):
             return fail("plm-study", str(exc).splitlines()[0])
         raise
-    print((out / "ladder.md").read_text())
-    print(f"ladder: {out / 'ladder.md'}, ladder.csv, ladder.json, ladder.png, ladder_curves.png")
+    name = args.rungs
+    print((out / f"{name}.md").read_text())
+    print(f"{name}: {out / (name + '.md')}, {name}.csv, {name}.json, {name}.png, {name}_curves.png")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The typed configuration (OmegaConf structured config). Every knob of a run lives here, with its default.
 
 Defaults marked [ours] are this project's choices where the paper is silent (see ../docs/method.md and
-METHOD.md); the defaults here are the paper-scale ones, small configs (digits.yaml) override them.
+docs/method.md); the defaults here are the paper-scale ones, small configs (digits.yaml) override them.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class MethodConfig:
     max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
     tau: float = 0.5  # greedy acceptance threshold on the relative residual [ours]
     subset_selection: bool = True  # False = "no subset selection" ablation
-    # refit: test a candidate under the piece refitted with it (METHOD.md as written) | current: the m nearest span
+    # refit: test a candidate under the piece refitted with it (docs/method.md as written) | current: the m nearest span
     # the first piece, each further candidate is tested against the piece of the members so far [ours]
     greedy_test: str = "refit"
     symmetrize: str = "mean"  # s = mean | min | max of s'(i, j) and s'(j, i) [ours: mean]
@@ -117,7 +117,9 @@ class MethodConfig:
     kmeans_clusters: Optional[int] = None  # kmeans: clusters per batch [None = batch_size / neighbours_per_seed]
     num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
     proxy_init: str = "data"  # data: teacher embeddings of random images + local PCA [ours] | random
-    proxy_neighbours: Optional[int] = None  # q for L_nbhd [ours: None = neighbours_per_seed]
+    proxy_neighbours: Optional[int] = None  # q for L_nbhd (and L_proxy's nearest) [ours: None = neighbours_per_seed]
+    # L_proxy over every (point, proxy) pair ("all") or each point's q most similar proxies ("nearest") [ours]
+    proxy_pairs: str = "all"
     lambda_proxy: float = 1.0  # [ours]
     lambda_nbhd: float = 1.0  # [ours]
     delta: float = 1.0  # target distance scale [ours]

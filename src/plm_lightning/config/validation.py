@@ -24,6 +24,7 @@ CHOICES = {
     "method.greedy_test": GREEDY_TESTS,
     "method.distance_scale": DISTANCE_SCALES,
     "method.proxy_init": ("data", "random"),
+    "method.proxy_pairs": ("all", "nearest"),
     "model.pooling": POOLINGS,
     "optim.name": ("adamw", "adam", "sgd"),
     "optim.scheduler": ("cosine", "none"),

@@ -29,7 +29,7 @@ class RetrievalDataset(Dataset):
     name: str = ""
     needs_root: bool = True  # False for datasets that ship with a package (digits)
     channels: int = 3
-    # "natural": random resized crop + horizontal flip (PROTOCOLS.md §3); "digits": small affine jitter, no flip.
+    # "natural": random resized crop + horizontal flip (docs/protocols.md); "digits": small affine jitter, no flip.
     augmentation: str = "natural"
 
     @classmethod

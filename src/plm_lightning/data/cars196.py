@@ -1,5 +1,5 @@
 """Cars196 (Stanford Cars): 16,185 images of 196 car models; metric learning trains on classes 1-98 and tests on
-99-196 (PROTOCOLS.md §2; the annotations' ``test`` flag is a classification split, ignored)."""
+99-196 (docs/protocols.md; the annotations' ``test`` flag is a classification split, ignored)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,5 @@
 """CUB-200-2011 (Caltech-UCSD Birds): 11,788 images of 200 bird species; metric learning trains on classes 1-100
-and tests on 101-200 (PROTOCOLS.md §2; the shipped train_test_split.txt is a classification split, unused)."""
+and tests on 101-200 (docs/protocols.md; the shipped train_test_split.txt is a classification split, unused)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler
-from plm_lightning.data.transforms import MultiView, build_transform
+from plm_lightning.data.transforms import BatchRandomAffine, MultiView, batch_augmentation, build_transform
 
 if TYPE_CHECKING:  # the config layer sits above data; only its shape is needed here
     from plm_lightning.config.schema import DataConfig
@@ -78,13 +78,19 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_eval_set: Optional[RetrievalDataset] = None
         self.test_set: Optional[RetrievalDataset] = None
         self.batch_sampler: Optional[NearestNeighbourBatchSampler | RandomBatchSampler] = None
+        # The training augmentation done on whole batches (upright images: digits, glyphs), or None.
+        self.batch_augmentation: Optional[BatchRandomAffine] = None
+
+    def _transform(self, train: bool):
+        cls = self.dataset_cls
+        return build_transform(augmentation=cls.augmentation, train=train, augment=self.cfg.augment,
+                               image_size=self.cfg.image_size, resize=self.cfg.resize,
+                               in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels,
+                               input_space=self.input_space)
 
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls
-        transform = build_transform(augmentation=cls.augmentation, train=train_transform, augment=self.cfg.augment,
-                                    image_size=self.cfg.image_size, resize=self.cfg.resize,
-                                    in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels,
-                                    input_space=self.input_space)
+        transform = self._transform(train_transform)
         views = int(getattr(self.cfg, "views", 1))
         if train_transform and views > 1:
             transform = MultiView(transform, views)
@@ -102,6 +108,10 @@ class RetrievalDataModule(L.LightningDataModule):
             self.train_set = self._dataset("train", train_transform=True)
             self.train_eval_set = self._dataset("train", train_transform=False)
             self.test_set = self._dataset("test", train_transform=False)
+            cls = self.dataset_cls
+            self.batch_augmentation = batch_augmentation(augmentation=cls.augmentation, augment=self.cfg.augment,
+                                                         eval_transform=self._transform(False),
+                                                         in_channels=cls.input_channels(self.cfg))
         rank, world = self.rank_and_world
         if self.batch_sampler is None or (self.batch_sampler.rank, self.batch_sampler.world_size) != (rank, world):
             n, b = len(self.train_set), self.cfg.batch_size
@@ -113,6 +123,15 @@ class RetrievalDataModule(L.LightningDataModule):
             else:
                 self.batch_sampler = NearestNeighbourBatchSampler(
                     n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches of the upright-image family get their random affine here, on the training device (the
+        evaluation and teacher passes run their own loops and never come through this hook)."""
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augmentation is not None and trainer is not None and trainer.training:
+            images, *rest = batch
+            batch = [self.batch_augmentation(images), *rest]
+        return batch
 
     def _loader_kwargs(self) -> dict:
         workers = self.cfg.num_workers

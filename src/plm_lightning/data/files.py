@@ -26,7 +26,7 @@ SHOW_MISSING = 5  # missing files named in an error message
 
 @dataclass(frozen=True)
 class SplitCounts:
-    """The official size of a split (PROTOCOLS.md §2)."""
+    """The official size of a split (docs/protocols.md)."""
 
     images: int
     classes: int

@@ -1,5 +1,5 @@
 """In-Shop Clothes Retrieval (DeepFashion): train on the 3,997 items marked train; the test split is the query and
-gallery images of the other 3,985 items, evaluated query -> gallery (PROTOCOLS.md §2)."""
+gallery images of the other 3,985 items, evaluated query -> gallery (docs/protocols.md)."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Nearest-neighbour batches (METHOD.md, "Mini-batches"): B / k random seeds, each with its k nearest neighbours.
+"""Nearest-neighbour batches (docs/method.md, "Mini-batches"): B / k random seeds, each with its k nearest neighbours.
 
 Random batches hold too few points on a common linear piece, so each batch is built from seeds and their
 neighbours in the teacher's embedding space. The neighbour table is refreshed from outside (once per epoch, or

@@ -1,5 +1,5 @@
 """Stanford Online Products: 120,053 images of 22,634 products; train on classes 1-11,318 (Ebay_train.txt), test
-on 11,319-22,634 (Ebay_test.txt) (PROTOCOLS.md §2)."""
+on 11,319-22,634 (Ebay_test.txt) (docs/protocols.md)."""
 from __future__ import annotations
 
 from pathlib import Path

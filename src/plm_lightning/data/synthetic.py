@@ -1,6 +1,6 @@
 """Synthetic classes on curved low-dimensional manifolds with known geometry (``data.name=synthetic``).
 
-For METHOD.md's experiment 1 ("similarity accuracy on synthetic manifolds with known geometry, as curvature
+For the first of the method studies (docs/method.md) ("similarity accuracy on synthetic manifolds with known geometry, as curvature
 grows"): every class is an r-dimensional surface in R^D whose curvature is one knob, so the quality of the
 estimated similarity can be read against the true geometry. No download, no images: items are float32 vectors.
 

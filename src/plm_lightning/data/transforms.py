@@ -1,8 +1,10 @@
-"""Train and eval transforms per dataset family and backbone (PROTOCOLS.md §3)."""
+"""Train and eval transforms per dataset family and backbone (docs/protocols.md)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -76,6 +78,65 @@ def _input_space_steps(input_space: str, out_channels: int) -> list:
     return [v2.Normalize((0.5,), (0.5,))]  # "any", one channel
 
 
+class BatchRandomAffine(torch.nn.Module):
+    """Random rotation (+-degrees), translation (+-translate of the size) and scaling of every image of a batch, each
+    with its own draw, in one affine_grid + grid_sample (bilinear): the augmentation of the upright-image family
+    (digits, glyphs; no flip), done on the batch tensor, on the training device, instead of image by image in the
+    loader, whose per-image cost equalled the network's on the digits. ``fill`` is the value of a black pixel after
+    normalisation (per channel): what the image is padded with. Random numbers come from torch's global generator
+    on the batch's device, which checkpoints save and restore (exact resume)."""
+
+    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
+                 fill: tuple[float, ...] = (0.0,)):
+        super().__init__()
+        self.degrees, self.translate, self.scale = float(degrees), float(translate), tuple(scale)
+        self.fill = tuple(float(f) for f in fill)
+
+    def matrices(self, n: int, device: torch.device) -> torch.Tensor:
+        """n x 2 x 3 sampling matrices (output -> input, in affine_grid's normalised coordinates)."""
+        u = torch.rand(n, 4, device=device)
+        angle = (u[:, 0] * 2 - 1) * math.radians(self.degrees)
+        factor = self.scale[0] + u[:, 1] * (self.scale[1] - self.scale[0])
+        shift = (u[:, 2:] * 2 - 1) * self.translate * 2  # a fraction of the size; the coordinates span 2
+        return affine_sampling_matrices(angle, factor, shift)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        shape = images.shape
+        flat = images.reshape(-1, *shape[-3:])  # also B x V x C x H x W (data.views)
+        theta = self.matrices(flat.shape[0], flat.device).to(flat.dtype)
+        grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+        fill = torch.tensor(self.fill, dtype=flat.dtype, device=flat.device).view(1, -1, 1, 1)
+        out = torch.nn.functional.grid_sample(flat - fill, grid, mode="bilinear", padding_mode="zeros",
+                                              align_corners=False) + fill
+        return out.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"degrees={self.degrees}, translate={self.translate}, scale={self.scale}, fill={self.fill}"
+
+
+def affine_sampling_matrices(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """For images rotated by ``angle`` (radians, counter-clockwise on screen), scaled by ``scale`` about the centre,
+    then shifted by ``shift`` (n x 2, normalised coordinates): the inverse maps that affine_grid samples with. The
+    same geometry as torchvision's ``v2.functional.affine`` (angle in degrees, translate in pixels = shift * size / 2).
+    """
+    # Output point q samples input point R(-angle) (q - shift) / scale, R the rotation in (x right, y down)
+    # coordinates, where a positive angle turns clockwise on screen.
+    cos, sin = torch.cos(angle) / scale, -torch.sin(angle) / scale
+    row0 = torch.stack([cos, -sin, -(cos * shift[:, 0] - sin * shift[:, 1])], dim=1)
+    row1 = torch.stack([sin, cos, -(sin * shift[:, 0] + cos * shift[:, 1])], dim=1)
+    return torch.stack([row0, row1], dim=1)
+
+
+def batch_augmentation(*, augmentation: str, augment: bool, eval_transform: Callable[[Any], torch.Tensor],
+                       in_channels: int) -> Optional[BatchRandomAffine]:
+    """The batch-level training augmentation of a dataset family, or None (natural photographs and vectors are
+    augmented image by image in the loader). ``eval_transform`` gives the fill: the normalised value of black."""
+    if augmentation != "digits" or not augment:
+        return None
+    black = eval_transform(np.zeros((4, 4) if in_channels == 1 else (4, 4, 3), dtype=np.uint8))
+    return BatchRandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1), fill=tuple(black[:, 0, 0].tolist()))
+
+
 def build_transform(*, augmentation: str, train: bool, augment: bool, image_size: int, resize: int,
                     in_channels: int, out_channels: int, input_space: str = "any") -> Callable[[Any], torch.Tensor]:
     """augmentation: the dataset family ("natural" photographs, "digits", or "vector" features).
@@ -92,9 +153,9 @@ def build_transform(*, augmentation: str, train: bool, augment: bool, image_size
     if in_channels == 1 and out_channels == 3:
         steps.append(v2.RGB())
     if augmentation == "digits":
+        # Training augmentation of this family is done on whole batches (BatchRandomAffine, applied by the
+        # DataModule after the batch reaches the device): the per-image pipeline is the same in train and eval.
         steps.append(v2.Resize((image_size, image_size), antialias=True))
-        if train and augment:
-            steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
     elif train and augment:
         steps += [v2.RandomResizedCrop(image_size, scale=(0.16, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     else:

@@ -1,4 +1,4 @@
-"""Similarity estimators other than PLM, for ablations and for the similarity-quality report (METHOD.md).
+"""Similarity estimators other than PLM, for ablations and for the similarity-quality report (docs/method.md).
 
 Each is a callable ``(x, proxy_points=None, proxy_bases=None) -> SimilarityResult`` on a batch of teacher embeddings,
 like ``PLMSimilarity``, so one training code path serves all of them:

@@ -1,8 +1,9 @@
-"""The PLM loss: student distances regressed onto scaled dissimilarities (METHOD.md, "Loss").
+"""The PLM loss: student distances regressed onto scaled dissimilarities (docs/method.md, "Loss").
 
     L = L_point + lambda_proxy * L_proxy + lambda_nbhd * L_nbhd
     L_point = mean_{i != j} (delta (1 - s(i, j)) - ||z_i - z_j||)^2           (no gradient through s)
-    L_proxy = mean_{i, k} (delta (1 - s(i, k)) - ||z_i - rho_k||)^2           (rho detached: moves the network)
+    L_proxy = mean_{i, k} (delta (1 - s(i, k)) - ||z_i - rho_k||)^2           (rho detached: moves the network;
+              k over all proxies, or over the proxy_neighbours most similar to i: proxy_pairs=nearest)
     L_nbhd  = mean_k mean_{q most similar i} ||(I - V_k V_k^T)(x_i - rho_k)||^2  (x detached: moves the proxies)
 """
 from __future__ import annotations
@@ -39,9 +40,16 @@ def point_loss(z: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Te
     return residual[off_diag].pow(2).mean()
 
 
-def proxy_loss(z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+def proxy_loss(z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, delta: float = 1.0,
+               nearest: int | None = None) -> torch.Tensor:
+    """Mean over pairs (i, k) of (delta (1 - s(i, k)) - ||z_i - rho_k||)^2: over all K proxies (nearest=None, the
+    proxies "treated like data embeddings"), or over each point's ``nearest`` most similar proxies by s (ties: the
+    lower proxy index), the part of the proxy manifold around the point [ours]."""
     residual = delta * (1 - s.detach()) - cdist_safe(z, proxy_points.detach())
-    return residual.pow(2).mean()
+    if nearest is None or nearest >= s.shape[1]:
+        return residual.pow(2).mean()
+    chosen = torch.sort(s.detach(), dim=1, descending=True, stable=True).indices[:, :nearest]  # B x q
+    return residual.gather(1, chosen).pow(2).mean()
 
 
 def neighbourhood_loss(x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Tensor, proxy_bases: torch.Tensor,
@@ -65,6 +73,7 @@ class PLMLoss:
     lambda_proxy: float = 1.0
     lambda_nbhd: float = 1.0
     proxy_neighbours: int = 5
+    proxy_pairs: str = "all"  # all: every point with every proxy | nearest: each point's proxy_neighbours nearest
     normalize_student: bool = True
     normalize_teacher: bool = True
 
@@ -86,7 +95,8 @@ class PLMLoss:
         out = {"loss_point": point_loss(z, sim.s, self.delta), "s": sim.s}
         total = out["loss_point"]
         if has_proxies:
-            out["loss_proxy"] = proxy_loss(z, points, sim.s_proxy, self.delta)
+            nearest = self.proxy_neighbours if self.proxy_pairs == "nearest" else None
+            out["loss_proxy"] = proxy_loss(z, points, sim.s_proxy, self.delta, nearest)
             out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, points, bases, self.proxy_neighbours)
             total = total + self.lambda_proxy * out["loss_proxy"] + self.lambda_nbhd * out["loss_nbhd"]
             out["s_proxy"] = sim.s_proxy

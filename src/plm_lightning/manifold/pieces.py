@@ -1,4 +1,4 @@
-"""Linear pieces: one affine subspace per batch point, grown greedily and fitted by PCA (METHOD.md, "Linear pieces").
+"""Linear pieces: one affine subspace per batch point, grown greedily and fitted by PCA (docs/method.md, "Linear pieces").
 
 For point x_j the piece is the affine subspace through x_j spanned by the top-m principal directions U_j of the
 offsets {x_l - x_j : l in N_j}. N_j starts with the nearest neighbour; each further candidate (in order of

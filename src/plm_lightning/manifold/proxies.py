@@ -1,4 +1,4 @@
-"""The proxy manifold: N_rho learnable points, each with its own learnable linear piece (METHOD.md, "Proxies").
+"""The proxy manifold: N_rho learnable points, each with its own learnable linear piece (docs/method.md, "Proxies").
 
 Proxies live in the (L2-normalised) teacher embedding space and are "treated like data embeddings". Their pieces
 are stored as unconstrained d x m parameters and orthonormalised by QR in every forward pass.

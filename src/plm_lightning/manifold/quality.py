@@ -1,4 +1,4 @@
-"""How well an estimated similarity agrees with the true classes (METHOD.md, "Similarity quality against ground
+"""How well an estimated similarity agrees with the true classes (docs/method.md, "Similarity quality against ground
 truth"; the paper's Slide 14). Diagnostics only: labels are read here and never reach a loss.
 
 - purity@k: mean over points of the fraction of its k most similar batch points (itself excluded) that share its

@@ -1,4 +1,4 @@
-"""PLM similarity from orthogonal and in-plane distances to linear pieces (METHOD.md, "Similarity").
+"""PLM similarity from orthogonal and in-plane distances to linear pieces (docs/method.md, "Similarity").
 
     o(i, j) = ||(I - U_j U_j^T)(x_i - x_j)||     distance of x_i from the piece of x_j
     p(i, j) = ||U_j U_j^T (x_i - x_j)||          distance of x_j from x_i's projection onto that piece
@@ -82,7 +82,7 @@ def batch_distance_scale(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PLMSimilarity:
-    """Point-point and point-proxy similarity of a batch of teacher embeddings (knobs: METHOD.md).
+    """Point-point and point-proxy similarity of a batch of teacher embeddings (knobs: docs/method.md).
 
     distance_scale: "absolute" measures o and p as they are (the paper's formula on unit vectors); "batch" first
     multiplies them by batch_distance_scale(x), so that s depends on the batch's geometry relative to its own spread

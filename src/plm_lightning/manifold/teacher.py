@@ -1,4 +1,4 @@
-"""The momentum teacher: an exponential moving average of the student (METHOD.md, "Networks")."""
+"""The momentum teacher: an exponential moving average of the student (docs/method.md, "Networks")."""
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,5 @@
 """Backbones: networks that map images to a feature map (B x C x H x W), or vectors to features (B x C: mlp).
-Pooling and embedding live in head.py. Each backbone names the input space its weights expect (PROTOCOLS.md §3);
+Pooling and embedding live in head.py. Each backbone names the input space its weights expect (docs/protocols.md);
 data/transforms.py builds the matching preprocessing."""
 from __future__ import annotations
 

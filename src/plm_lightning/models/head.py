@@ -1,4 +1,4 @@
-"""Pooling + linear embedding head (PROTOCOLS.md §3: global average + global max pooling, summed, then a linear
+"""Pooling + linear embedding head (docs/protocols.md: global average + global max pooling, summed, then a linear
 layer with orthogonal initialisation)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The LightningModule: composes the student embedder, its EMA teacher, the proxy manifold and the PLM loss.
 
-One training step (ARCHITECTURE.md): images -> student embeddings z and teacher embeddings x -> pieces of x ->
+One training step (docs/architecture.md): images -> student embeddings z and teacher embeddings x -> pieces of x ->
 similarities (point-point, point-proxy) -> loss -> optimiser step -> EMA update of the teacher. Once per epoch (or
 every ``data.refresh_every`` epochs) the teacher embeds the whole training split and the nearest-neighbour batch
 sampler is rebuilt from it. Labels never reach this module's loss. It holds no evaluation logic (callbacks do).
@@ -23,7 +23,7 @@ from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
-    """Method knobs whose default depends on other knobs (METHOD.md: M = 2k, q = k)."""
+    """Method knobs whose default depends on other knobs (docs/method.md: M = 2k, q = k)."""
     k = cfg.data.neighbours_per_seed
     me = cfg.method
 
@@ -60,6 +60,7 @@ class PLMModule(EmbeddingModule):
                         if me.num_proxies > 0 else None)
         self.criterion = PLMLoss(build_similarity(cfg), delta=me.delta, lambda_proxy=me.lambda_proxy,
                                  lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
+                                 proxy_pairs=me.proxy_pairs,
                                  normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
 
     def train(self, mode: bool = True):
@@ -114,7 +115,7 @@ class PLMModule(EmbeddingModule):
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
-        if images.dim() == 5:  # data.views > 1: B x V x C x H x W -> V * B images, one similarity over all of them
+        if self.cfg.data.get("views", 1) > 1:  # B x V x ... -> V * B items, one similarity over all of them
             images = flatten_views(images)
         z = self.student(images)
         with torch.no_grad():
