@@ -2,9 +2,9 @@
 validated config, and runs it. Entry points (cli/) call into here and hold no logic of their own."""
 from __future__ import annotations
 
-import csv
 import netrc
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,15 +22,27 @@ from plm_lightning.callbacks.throughput import Throughput
 from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from plm_lightning.callbacks.plots import RunPlots
 from plm_lightning.config.loading import to_yaml
+from plm_lightning.data.base import DatasetError
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.models.build import build_model
 from plm_lightning.models.embedding_module import EmbeddingModule
+from plm_lightning import run_directory
 from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
+from plm_lightning.utils.csv_logger import AtomicCSVLogger
 from plm_lightning.utils.io import atomic_write_text
 
 # Child processes of Lightning's DDP launcher re-execute the command line; they find the run directory that the
 # parent chose here instead of inventing their own timestamp.
 RUN_DIR_ENV = "PLM_RUN_DIR"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT from Ctrl-C, SIGTERM from a scheduler or `kill`) after Lightning's graceful
+    shutdown; ``signum`` gives the shell's exit code 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -66,7 +78,8 @@ def wandb_mode(cfg: DictConfig) -> str:
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        # Atomic rewrites; an existing metrics.csv (a resumed run) is continued, not replaced.
+        loggers.append(AtomicCSVLogger(save_dir=str(run_dir), name="logs", version=""))
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -132,56 +145,41 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
 
 @rank_zero_only
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
-    # `resume` is how this invocation starts, not part of the run: config.yaml stays usable as --config (plm-eval,
-    # a rerun) even after the checkpoint it named is gone.
-    atomic_write_text(run_dir / "config.yaml", to_yaml(OmegaConf.merge(cfg, {"resume": None})))
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    """The checkpoint that ``resume`` names: None (start fresh), a path, or for 'auto' the newest (by modification
-    time) of run_dir/checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints run_dir/hpc_ckpt_*.ckpt."""
-    if cfg.resume is None:
-        return None
-    if cfg.resume != "auto":
-        path = str(Path(cfg.resume).expanduser().resolve())
-        rank_zero_info(f"resuming from {path}")
-        return path
-    candidates = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    if not candidates:
-        rank_zero_info(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
-        return None
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    rank_zero_info(f"resume=auto: resuming from {newest}")
-    return str(newest)
-
-
-@rank_zero_only
-def _keep_csv_history(trainer: L.Trainer) -> None:
-    """Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run appends to it instead."""
-    for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
-        old = path.read_text()
-        header = next(csv.reader(old.splitlines()), [])
-        writer = logger.experiment  # created here; it removes metrics.csv
-        path.write_text(old)
-        writer.metrics_keys = list(header)  # appended rows follow the existing header
+    atomic_write_text(run_dir / "config.yaml", to_yaml(run_directory.stored_config(cfg)))
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one run; returns the metrics summary written to ``run.dir/metrics.json``."""
+    """Train and evaluate one run; returns the metrics summary written to ``run.dir/metrics.json``.
+
+    Nothing is written before the run can start: the run directory and the resume checkpoint are checked
+    (run_directory.check_start: RunDirError) and the datasets built (DatasetError) first."""
+    run_dir = resolve_run_dir(cfg)
+    global_zero = rank_zero_only.rank == 0
+    ckpt_path = run_directory.check_start(cfg, run_dir, is_global_zero=global_zero)
+    if ckpt_path is not None:
+        rank_zero_info(f"{'resume=auto: ' if cfg.resume == 'auto' else ''}resuming from {ckpt_path}")
+    elif cfg.resume == "auto":
+        rank_zero_info(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
     trainer, module, datamodule, evaluation, run_dir = build(cfg)
+    datamodule.setup("fit")  # a dataset that does not build stops the run here, before its folder is written
+    evaluation.check_split(datamodule.test_set, cfg.data.name)
+    if cfg.method.name == "plm" and cfg.method.num_proxies > len(datamodule.train_set):
+        raise DatasetError(f"method.num_proxies={cfg.method.num_proxies} exceeds the {len(datamodule.train_set)} "
+                           f"images of the {cfg.data.name} training split (each proxy starts at one of them); lower "
+                           f"method.num_proxies")
+    if global_zero:
+        run_directory.begin(cfg, run_dir)
     _write_config(cfg, run_dir)
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             # Persist the run id so that a restarted job continues the same W&B run (never the API key). The run is
             # started first: before that, `version` is only the id given to the logger (None on a first start).
             atomic_write_text(run_dir / "wandb_id.txt", str(logger.experiment.id) + "\n")
-    ckpt_path = resume_checkpoint(cfg, run_dir)
-    if ckpt_path is not None:
-        _keep_csv_history(trainer)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into exit(1) after its graceful shutdown
+            raise Interrupted(signal.SIGTERM if getattr(trainer, "received_sigterm", False) else signal.SIGINT) \
+                from None
+        raise
     return evaluation.summary()

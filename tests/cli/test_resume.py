@@ -73,7 +73,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
 
 def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
     from plm_lightning.config import load_config
-    from plm_lightning.experiment import resume_checkpoint
+    from plm_lightning.run_directory import resume_checkpoint
 
     cfg = load_config("digits.yaml", [f"run.dir={tmp_path}", "resume=auto"])
     assert resume_checkpoint(cfg, tmp_path) is None  # nothing yet: start fresh

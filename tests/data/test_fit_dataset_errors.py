@@ -1,5 +1,6 @@
 """plm-fit stops with one line and exit code 2 when the dataset folder fails its checks or an image is unreadable
-(the checks run when the DataModule builds the datasets, inside trainer.fit)."""
+(the folder checks run when the DataModule builds the datasets, before anything of the run is written; an
+unreadable image is met when it is loaded)."""
 import pytest
 
 from plm_lightning.cli import fit as fit_cli
@@ -28,7 +29,8 @@ def test_unreadable_image_exits_2_naming_it(tmp_path, capsys):
     root = make_cub_tree(tmp_path / "cub")
     bad = truncate_image(next((root / "images" / "001.Bird_1").glob("*.jpg")))
     code = fit_cli.main(["--config", "digits.yaml", *SMALL, "data.name=cub", f"data.root={root}",
-                         "data.check_counts=false", "eval.before_training=false", f"run.dir={tmp_path / 'run'}"])
+                         "data.check_counts=false", "eval.before_training=false", "eval.ks=[1,2]",
+                         f"run.dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (f"plm-fit: error: cannot read image {bad}: {err[-1].split(': ', 3)[-1]}")
     assert str(bad) in err[-1] and err[-1].endswith("set data.skip_unreadable=true to skip unreadable images")

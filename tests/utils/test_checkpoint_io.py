@@ -15,8 +15,18 @@ class Payload:
 def test_code_in_a_checkpoint_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:
-        pickle.dump({"state_dict": Payload()}, f)
-    with pytest.raises(ValueError, match="weights_only"):
+        pickle.dump({"state_dict": Payload()}, f, protocol=2)  # torch.save's protocol: the loader meets the call
+    with pytest.raises(ValueError, match="need code to load") as info:
+        load_checkpoint_file(path)
+    assert "executed!" not in capsys.readouterr().out
+    assert "weights_only=False" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
+
+
+def test_a_foreign_pickle_is_refused_unexecuted(tmp_path, capsys):
+    path = tmp_path / "foreign.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": Payload()}, f, protocol=4)  # framed: no pickle torch's plain-data reader reads
+    with pytest.raises(ValueError, match="not a torch checkpoint"):
         load_checkpoint_file(path)
     assert "executed!" not in capsys.readouterr().out
 

@@ -27,7 +27,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from plm_lightning.analysis.plots import plt, save_figure
-from plm_lightning.config.loading import override_config, to_yaml
+from plm_lightning.config.loading import override_config
+from plm_lightning.run_directory import holds_run, same_run_config
 from plm_lightning.utils.io import atomic_write, atomic_write_text, json_safe
 
 METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
@@ -94,9 +95,7 @@ def pretrain_config_for(config_path: str) -> Optional[str]:
 def _finished(run_dir: Path, cfg: DictConfig) -> Optional[dict[str, Any]]:
     """The metrics of a finished run of exactly this config in ``run_dir``, else None."""
     metrics, saved = run_dir / "metrics.json", run_dir / "config.yaml"
-    if not (metrics.is_file() and saved.is_file()):
-        return None
-    if saved.read_text() != to_yaml(OmegaConf.merge(cfg, {"resume": None})):
+    if not (metrics.is_file() and saved.is_file()) or not same_run_config(saved, cfg):
         return None
     summary = json.loads(metrics.read_text())
     history = summary.get("history") or []
@@ -106,12 +105,16 @@ def _finished(run_dir: Path, cfg: DictConfig) -> Optional[dict[str, Any]]:
 
 
 def run_once(cfg: DictConfig, run_dir: Path, fit: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
-    """Train (or reuse) one run; returns its metrics summary with ``wall_s`` added."""
+    """Train (or reuse) one run; returns its metrics summary with ``wall_s`` added. An unfinished run of the same
+    config in ``run_dir`` is continued (resume=auto); a run of another config there is replaced."""
     cfg = override_config(cfg, values={"run.dir": str(run_dir)})
     done = _finished(run_dir, cfg)
     timing = run_dir / "wall_time.json"
     if done is not None and timing.is_file():
         return {**done, "wall_s": json.loads(timing.read_text())["wall_s"], "reused": True}
+    if holds_run(run_dir):
+        same = same_run_config(run_dir / "config.yaml", cfg)
+        cfg = override_config(cfg, values={"resume": "auto"} if same else {"run.overwrite": True})
     started = time.perf_counter()
     summary = fit(cfg)
     wall = time.perf_counter() - started

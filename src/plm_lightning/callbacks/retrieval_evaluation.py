@@ -42,12 +42,27 @@ class RetrievalEvaluation(Callback):
         self.last_embeddings: Optional[torch.Tensor] = None
         self.last_labels: Optional[torch.Tensor] = None
 
+    def check_split(self, dataset, name: str) -> None:
+        """DatasetError (one line) when the test split cannot give the configured Recall@K: every query needs
+        max(eval.ks) other items to rank (the gallery, where the split has separate queries)."""
+        from plm_lightning.data.base import DatasetError
+
+        query = getattr(dataset, "query_mask", None)
+        n = len(dataset) - 1 if query is None else int((~torch.as_tensor(query, dtype=torch.bool)).sum())
+        need = max(self.ks)
+        if n < need or len(dataset) < 2:
+            what = "items (each query ranks all the others)" if query is None else "gallery items"
+            raise DatasetError(f"the {name} test split has {len(dataset)} items, so {max(n, 0)} {what}: Recall@{need} "
+                               f"needs at least {need}; lower eval.ks (now {self.ks}) or use more test data")
+
     # --- computing -----------------------------------------------------------------------------------------------
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         loader = trainer.datamodule.test_embedding_dataloader()
         autocast = trainer.precision_plugin.forward_context
         idx, emb, lab = embed_loader(pl_module.student, loader, pl_module.device, autocast)
         idx, emb, lab = gather_by_index(pl_module.all_gather, trainer.world_size, idx, emb, lab)
+        if hasattr(pl_module, "require_finite"):  # a diverged network: one clear line, not the metric's ValueError
+            pl_module.require_finite(**{"embeddings of the test split": emb})
         metrics = None
         if trainer.is_global_zero:
             self.last_embeddings, self.last_labels = emb.cpu(), lab.cpu()

@@ -300,7 +300,7 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     from plm_lightning.analysis.features import build_module
     from plm_lightning.models.embedding_pass import embed_loader
     from plm_lightning.retrieval import evaluate_embeddings
-    from plm_lightning.utils.checkpoint_io import load_checkpoint_file
+    from plm_lightning.utils.checkpoint_io import load_checkpoint_file, require_finite
 
     state: dict[str, Any] = load_checkpoint_file(ckpt)  # ValueError (one line) if it needs unpickling
     if not isinstance(state, dict) or "state_dict" not in state:
@@ -313,6 +313,7 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     if mismatch:
         raise InputError(f"--ckpt {ckpt}: does not fit the model built from --config {cfg_name} ({mismatch}); "
                          "pass the run's config.yaml")
+    require_finite(state["state_dict"], f"--ckpt {ckpt}")
     module.load_state_dict(state["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plugin = _precision_plugin(str(cfg.trainer.precision), dev.type)

@@ -5,11 +5,17 @@ Overrides: ``a.b=v``, ``--a.b=v`` or ``--a.b v`` (the W&B agent's formats); ``No
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 from typing import Optional, Sequence
 
 from plm_lightning.cli.common import config_or_none, fail
 from plm_lightning.config import to_yaml
+from plm_lightning.utils.io import UnsafeOutputError
+
+# Write failures that are the disk's, not a bug's: one line, exit 2.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +39,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from plm_lightning.data.base import DatasetError
     from plm_lightning.data.images import UnreadableImageError
     from plm_lightning.models.backbones import PretrainedWeightsError
+    from plm_lightning.models.embedding_module import TrainingDiverged
+    from plm_lightning.run_directory import RunDirError
     from plm_lightning.experiment import fit  # heavy imports only once the config is known to be good
 
     try:
         fit(cfg)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C (SIGINT) or SIGTERM: the last finished epoch's checkpoint is intact; 128 + the signal's number, as
+        # shells report it (130, 143).
+        signum = getattr(exc, "signum", signal.SIGINT)
+        where = f" run.dir={cfg.run.dir}" if cfg.run.dir else ""
+        fail("plm-fit", f"interrupted by {signal.Signals(signum).name}; continue from the last finished epoch with "
+                        f"resume=auto{where}")
+        return 128 + int(signum)
+    except (RunDirError, TrainingDiverged) as exc:  # the run folder, the resume checkpoint; NaN/inf in training
+        return fail("plm-fit", str(exc))
     except PretrainedWeightsError as exc:  # offline, or a corrupt download: raised before training starts
         return fail("plm-fit", str(exc))
     except DatasetError as exc:  # the dataset folder does not match its metadata / the official counts
@@ -46,6 +64,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lines = [ln for ln in str(exc).splitlines() if "cannot read image" in ln] or str(exc).splitlines() or [""]
         message = lines[-1][lines[-1].find("cannot read image"):] if "cannot read image" in lines[-1] else lines[-1]
         return fail("plm-fit", f"{message}; set data.skip_unreadable=true to skip unreadable images")
+    except OSError as exc:  # after UnreadableImageError, an OSError too
+        if isinstance(exc, UnsafeOutputError):
+            return fail("plm-fit", str(exc))
+        if exc.errno in _DISK_ERRORS:  # full disk, quota, read-only, ...
+            return fail("plm-fit", f"cannot write {exc.filename or 'the run directory'}: {exc.strerror}")
+        raise
     return 0
 
 

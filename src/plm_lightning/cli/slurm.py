@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from plm_lightning.cli.common import config_or_none, fail
 from plm_lightning.config import to_yaml
+from plm_lightning.run_directory import stored_config
 from plm_lightning.utils.io import atomic_write_text
 
 PROG = "plm-slurm"
@@ -215,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cwd = Path.cwd()
     run_dir = resolve_run_dir(cfg, cwd)
     # `resume` belongs to each start of the job (always auto), not to the run: as in plm-fit's own config.yaml.
-    cfg = OmegaConf.merge(cfg, {"run": {"dir": str(run_dir)}, "resume": None})
+    cfg = stored_config(OmegaConf.merge(cfg, {"run": {"dir": str(run_dir)}}))
     gpus = args.gpus_per_node or 0
     script = render_script(
         run_dir=run_dir, name=job_name(cfg, run_dir), nodes=args.nodes, tasks_per_node=cfg.trainer.devices,

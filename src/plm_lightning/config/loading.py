@@ -155,9 +155,14 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Dic
     if config is not None:
         path = resolve_config_path(config)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); a config is YAML "
+                              f"text") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config groups at the top level")
         cfg = _merge(cfg, data, f"in {path}")

@@ -188,6 +188,8 @@ class LoggerConfig:
 @dataclass
 class RunConfig:
     dir: Optional[str] = None  # None = runs/<data.name>-<timestamp>
+    # A run.dir that already holds a run is refused (resume=auto continues it); true removes that run's files first
+    overwrite: bool = False
     seed: int = 0
     name: Optional[str] = None
 

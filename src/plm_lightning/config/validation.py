@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -72,7 +74,20 @@ def _check_data_root(cfg: DictConfig, dataset) -> None:
             raise ConfigError(f"invalid data split of data.root {shown}: {exc}") from None
 
 
+def _numbers(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key in node:
+        value = node[key]
+        if isinstance(value, DictConfig):
+            out += _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def validate_config(cfg: DictConfig) -> None:
+    for key, value in _numbers(cfg):  # inf / nan pass every "> 0" check below; no knob means them
+        _require(math.isfinite(value), key, value, "must be a finite number")
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -107,6 +122,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
     ltb = cfg.trainer.limit_train_batches
     _require(ltb is None or ltb > 0, "trainer.limit_train_batches", ltb, "must be positive or null")
+    _require(ltb is None or ltb <= 1 or float(ltb).is_integer(), "trainer.limit_train_batches", ltb,
+             "a fraction of the epoch (at most 1.0) or a whole number of batches")
     _require(cfg.trainer.max_steps == -1 or cfg.trainer.max_steps > 0, "trainer.max_steps", cfg.trainer.max_steps,
              "must be positive, or -1 for no limit")
     _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,

@@ -6,6 +6,7 @@ official counts, download or manual steps, expected layout) and implements ``rea
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -76,6 +77,21 @@ def missing_files(root: Path, relpaths: list[str]) -> list[str]:
         if names is None or name not in names:
             missing.append(rel)
     return missing
+
+
+def symlink_loop(root: Path, rel: str) -> Optional[Path]:
+    """The first component of ``root / rel`` that is a symlink which never resolves (a loop), if any."""
+    path = Path(root)
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return path
+                return None
+    return None
 
 
 def _n(x: int) -> str:
@@ -169,8 +185,14 @@ class ImageFileDataset(RetrievalDataset):
         missing = missing_files(Path(root), listing.paths)
         if missing:
             shown = ", ".join(missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING else "")
-            problems.append(f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images are missing "
-                            f"({shown}); {cls.prepare_hint(root)}")
+            loops = list(dict.fromkeys(p for p in (symlink_loop(Path(root), m) for m in missing[:1000]) if p))
+            if loops:  # not missing: unreachable behind a symlink that points back at itself
+                problems.append(f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images cannot be "
+                                f"reached: {loops[0]} is a symlink loop" + (f" (and {len(loops) - 1} more)"
+                                                                           if len(loops) > 1 else ""))
+            else:
+                problems.append(f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images are "
+                                f"missing ({shown}); {cls.prepare_hint(root)}")
         expected = cls.official.get(split)
         if check_counts and expected is not None:
             found = listing.counts()

@@ -18,6 +18,11 @@ from plm_lightning.models.head import build_embedder
 from plm_lightning.utils.rng import collect_rng_states, set_rng_states
 
 
+class TrainingDiverged(RuntimeError):
+    """NaN or inf in a training step (a learning rate far too large, an exploding loss). One line naming the step;
+    plm-fit exits with 2. Raised before the step's numbers reach anything that would fail less clearly."""
+
+
 class EmbeddingModule(L.LightningModule):
     def __init__(self, config: dict[str, Any], in_channels: int, **hparams: Any):
         super().__init__()
@@ -79,6 +84,15 @@ class EmbeddingModule(L.LightningModule):
         sampler = getattr(datamodule, "batch_sampler", None)
         if self._resume_state is not None and sampler is not None and "sampler_epoch" in self._resume_state:
             sampler.set_epoch(self._resume_state["sampler_epoch"])
+
+    def require_finite(self, **tensors: torch.Tensor) -> None:
+        """TrainingDiverged if any of the named tensors holds NaN or inf."""
+        for name, value in tensors.items():
+            if not bool(torch.isfinite(value).all()):
+                raise TrainingDiverged(
+                    f"training diverged: NaN or inf in the {name} at step {self.global_step} (epoch "
+                    f"{self.current_epoch}); lower optim.lr (now {self.cfg.optim.lr:g}) or set "
+                    f"trainer.gradient_clip_val")
 
     # --- optimisation --------------------------------------------------------------------------------------------
     def extra_param_groups(self) -> list[dict[str, Any]]:

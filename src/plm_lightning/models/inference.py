@@ -25,7 +25,7 @@ from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.transforms import build_transform
 from plm_lightning.models.embedding_pass import embed_loader
 from plm_lightning.models.head import backbone_input_channels, backbone_input_space, build_embedder
-from plm_lightning.utils.checkpoint_io import load_checkpoint_file
+from plm_lightning.utils.checkpoint_io import load_checkpoint_file, require_finite
 
 __all__ = ["FolderListing", "TrainedModel", "dataset_item_ids", "embed_folder", "list_folder", "load_trained_model"]
 
@@ -169,6 +169,7 @@ def load_trained_model(ckpt: str | os.PathLike, device: Optional[str] = None) ->
     student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling, pretrained=False,
                              in_channels=in_channels, width=m.width)
     weights = {k[len("student."):]: v for k, v in state["state_dict"].items() if k.startswith("student.")}
+    require_finite({f"student.{k}": v for k, v in weights.items()}, str(ckpt))
     try:
         student.load_state_dict(weights)
     except RuntimeError as exc:

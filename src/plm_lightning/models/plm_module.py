@@ -85,6 +85,7 @@ class PLMModule(EmbeddingModule):
     @torch.no_grad()
     def refresh_neighbours(self, datamodule: RetrievalDataModule) -> None:
         emb = self.teacher_embeddings(datamodule)
+        self.require_finite(**{"teacher's embeddings of the training split": emb})
         table = neighbour_table(emb, self.cfg.data.neighbours_per_seed, backend=self.cfg.eval.backend)
         datamodule.batch_sampler.set_neighbours(table)
         if self.proxies is not None and not bool(self.proxies.initialized):
@@ -120,7 +121,10 @@ class PLMModule(EmbeddingModule):
         z = self.student(images)
         with torch.no_grad():
             x = self.teacher(images)
+        # Checked here: NaN in the teacher's embeddings would otherwise fail deep inside the pieces' eigh.
+        self.require_finite(**{"student's embeddings": z, "teacher's embeddings": x})
         out = self.criterion(z, x, self.proxies)
+        self.require_finite(loss=out["loss"])
         b = images.shape[0]
         logs = {f"train/{k}": v for k, v in out.items() if k != "s" and v.dim() == 0}
         logs["train/s_mean"] = out["s"].mean()

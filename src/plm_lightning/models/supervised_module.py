@@ -49,6 +49,7 @@ class SupervisedModule(EmbeddingModule):
         logits = z @ F.normalize(self.classifier.float(), dim=1).T / self.temperature
         target = self.class_index(labels)
         loss = F.cross_entropy(logits, target)
+        self.require_finite(loss=loss)
         accuracy = (logits.argmax(1) == target).float().mean()
         b = images.shape[0]
         self.log_dict({"train/loss": loss, "train/accuracy": accuracy}, on_step=True, on_epoch=True, batch_size=b)

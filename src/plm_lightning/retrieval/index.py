@@ -125,10 +125,17 @@ class ExportedIndex:
             index = _faiss().read_index(str(d / INDEX))
         except (OSError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{directory}: cannot read the export: {str(exc).splitlines()[0]}") from None
+        _require_finite_rows(emb, f"{directory}: the exported embeddings")
         if not (emb.shape[0] == labels.shape[0] == len(paths) == index.ntotal):
             raise ValueError(f"{directory}: inconsistent export ({emb.shape[0]} embeddings, {labels.shape[0]} labels, "
                              f"{len(paths)} paths, {index.ntotal} indexed)")
         return cls(d, emb, labels, paths, meta, index)
+
+
+def _require_finite_rows(emb: np.ndarray, what: str) -> None:
+    if emb.size and not np.isfinite(emb).all():
+        rows = int((~np.isfinite(emb).all(axis=1)).sum()) if emb.ndim == 2 else -1
+        raise ValueError(f"{what}: {rows} of {emb.shape[0]} rows hold NaN or inf (a diverged model)")
 
 
 def write_export(directory: str | os.PathLike, embeddings: np.ndarray, labels: np.ndarray, paths: Sequence[str],
@@ -139,6 +146,7 @@ def write_export(directory: str | os.PathLike, embeddings: np.ndarray, labels: n
     lab = np.asarray(labels, dtype=np.int64)
     if not (emb.shape[0] == lab.shape[0] == len(paths)):
         raise ValueError(f"{emb.shape[0]} embeddings, {lab.shape[0]} labels and {len(paths)} paths")
+    _require_finite_rows(emb, "embeddings to export")
     bad = [p for p in paths if "\n" in p or "\r" in p]
     if bad:
         raise ValueError(f"a path contains a line break and cannot be listed in {PATHS}: {bad[0]!r}")
