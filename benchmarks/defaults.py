@@ -13,6 +13,7 @@ Two kinds of measurement, both written to one JSON file (default benchmarks/resu
     python benchmarks/defaults.py --config glyphs.yaml --skip-training --seeds 0 1 2 \
         --set model.weights=runs/ladder/pretrain/checkpoints/last.ckpt   # quality on the benchmark
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,16 +77,32 @@ def quality_rows(config: str, features: str, seeds: list[int], overrides: list[s
 def fit_once(config: str, overrides: list[str], seed: int, root: Path) -> dict:
     run_dir = root / f"{'_'.join(o.replace('=', '-') for o in overrides) or 'default'}-s{seed}"
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "plm_lightning.cli.fit", "--config", config, f"run.dir={run_dir}",
-           f"run.seed={seed}", "trainer.enable_progress_bar=false", "logger.csv=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plm_lightning.cli.fit",
+        "--config",
+        config,
+        f"run.dir={run_dir}",
+        f"run.seed={seed}",
+        "trainer.enable_progress_bar=false",
+        "logger.csv=false",
+        *overrides,
+    ]
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"overrides": overrides, "seed": seed, "seconds": time.perf_counter() - started,
-            "initial_R@1": metrics["initial"]["R@1"], "final_R@1": metrics["final"]["R@1"],
-            "final_MAP@R": metrics["final"]["MAP@R"], "best_R@1": metrics["best"]["R@1"]}
+    return {
+        "overrides": overrides,
+        "seed": seed,
+        "seconds": time.perf_counter() - started,
+        "initial_R@1": metrics["initial"]["R@1"],
+        "final_R@1": metrics["final"]["R@1"],
+        "final_MAP@R": metrics["final"]["MAP@R"],
+        "best_R@1": metrics["best"]["R@1"],
+    }
 
 
 def training_rows(config: str, seeds: list[int], workers: int, base: list[str]) -> list[dict]:
@@ -118,8 +135,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--features", nargs="+", default=["initial", "raw"])
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="a config override for every measurement (repeatable), e.g. model.weights=PATH")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a config override for every measurement (repeatable), e.g. model.weights=PATH",
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     name = Path(args.config).stem
@@ -130,14 +153,18 @@ def main() -> int:
     for features in args.features:
         table["quality"] += quality_rows(args.config, features, args.seeds, args.overrides)
     for r in table["quality"]:
-        print(f"quality {r['features']:8s} {r['knob']:26s} {str(r['value']):8s} purity {r['purity']:.4f} "
-              f"± {r['purity_std']:.4f}  pearson {r['pearson']:.4f} ± {r['pearson_std']:.4f}")
+        print(
+            f"quality {r['features']:8s} {r['knob']:26s} {str(r['value']):8s} purity {r['purity']:.4f} "
+            f"± {r['purity_std']:.4f}  pearson {r['pearson']:.4f} ± {r['pearson_std']:.4f}"
+        )
     if not args.skip_training:
         table["training"] = training_rows(args.config, args.seeds, args.workers, args.overrides)
         for r in table["training"]:
-            print(f"training {r['setting']:32s} R@1 {r['final_R@1']:.2f}±{r['final_R@1_std']:.2f}  "
-                  f"MAP@R {r['final_MAP@R']:.2f}±{r['final_MAP@R_std']:.2f}  best R@1 {r['best_R@1']:.2f}  "
-                  f"({r['seconds']:.0f} s/run)")
+            print(
+                f"training {r['setting']:32s} R@1 {r['final_R@1']:.2f}±{r['final_R@1_std']:.2f}  "
+                f"MAP@R {r['final_MAP@R']:.2f}±{r['final_MAP@R_std']:.2f}  best R@1 {r['best_R@1']:.2f}  "
+                f"({r['seconds']:.0f} s/run)"
+            )
     table["seconds"] = time.perf_counter() - started
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")

@@ -1,7 +1,7 @@
 """Cost of the retrieval evaluation (issue items 6-7): our evaluator vs pytorch-metric-learning vs bare faiss.
 
 Data: random clustered embeddings, d = 512, L2-normalised, at the sizes of the three same-set test splits
-(PROTOCOLS §1/§2): CUB 5,924 items / 100 classes, Cars 8,131 / 98, SOP 60,502 / 11,316, every class with at
+(docs/protocols.md): CUB 5,924 items / 100 classes, Cars 8,131 / 98, SOP 60,502 / 11,316, every class with at
 least 2 items (so no lone queries: every method divides by the same number of queries). Class centres are drawn
 around 12 "super-class" directions; an item is its centre plus isotropic noise of random length (``noise`` times
 U(0.5, 1.5)), so the metrics look like those of an unsupervised model (R@1 about 60 %).
@@ -37,6 +37,7 @@ Run (from the repository root, with the project's venv; pytorch-metric-learning 
 
 Results: a table on stdout and JSON in benchmarks/results/eval-cpu.json (``--output`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,7 @@ def make_embeddings(n: int, num_classes: int, noise: float, seed: int = 0, dim: 
 
     g = torch.Generator().manual_seed(seed)
     sizes = torch.full((num_classes,), 2, dtype=torch.int64)
-    sizes += torch.bincount(torch.randint(0, num_classes, (n - 2 * num_classes,), generator=g),
-                            minlength=num_classes)
+    sizes += torch.bincount(torch.randint(0, num_classes, (n - 2 * num_classes,), generator=g), minlength=num_classes)
     labels = torch.repeat_interleave(torch.arange(num_classes), sizes)
     labels = labels[torch.randperm(n, generator=g)]
     supers = F.normalize(torch.randn(12, dim, generator=g), dim=1)
@@ -104,7 +104,8 @@ def _maxrss_mb() -> float:
 
 def _pml_calculator(ks, k_available):
     from pytorch_metric_learning.utils.accuracy_calculator import (
-        AccuracyCalculator, try_getting_not_lone_labels,
+        AccuracyCalculator,
+        try_getting_not_lone_labels,
     )
 
     recall_ks = [k for k in ks if 1 < k <= k_available]
@@ -118,9 +119,7 @@ def _pml_calculator(ks, k_available):
         return calculate
 
     attrs = {f"calculate_recall_at_{k}": make(k) for k in recall_ks}
-    attrs["requires_knn"] = lambda self: AccuracyCalculator.requires_knn(self) + [
-        f"recall_at_{k}" for k in recall_ks
-    ]
+    attrs["requires_knn"] = lambda self: AccuracyCalculator.requires_knn(self) + [f"recall_at_{k}" for k in recall_ks]
     cls = type("AccuracyCalculatorWithRecall", (AccuracyCalculator,), attrs)
     include = ("precision_at_1", "mean_average_precision_at_r", "r_precision") + tuple(
         f"recall_at_{k}" for k in recall_ks
@@ -194,8 +193,18 @@ def worker(data_path: str, method: str, ks: list[int], threads: int) -> dict:
 
 
 def run_method(data_path: Path, method: str, ks, threads: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(data_path), "--method", method,
-           "--ks", ",".join(map(str, ks)), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(data_path),
+        "--method",
+        method,
+        "--ks",
+        ",".join(map(str, ks)),
+        "--threads",
+        str(threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -227,7 +236,7 @@ def versions() -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'size':5} {'method':18} {'wall s':>8} {'/faiss':>7} {'extra MB':>9} {'load':>5}  metrics")
+    header = f"{'size':5} {'method':18} {'wall s':>8} {'/faiss':>7} {'extra MB':>9} {'load':>5}  metrics"
     lines = [header, "-" * len(header)]
     for r in rows:
         if "error" in r:
@@ -235,8 +244,10 @@ def format_table(rows: list[dict]) -> str:
             continue
         ratio = f"{r['ratio_to_faiss_bare']:.2f}" if r.get("ratio_to_faiss_bare") is not None else "-"
         metrics = " ".join(f"{k}={v:.2f}" for k, v in r["metrics"].items())
-        lines.append(f"{r['size']:5} {r['method']:18} {r['wall_s']:8.2f} {ratio:>7} {r['peak_extra_mb']:9.0f} "
-                     f"{r['load_avg_before'][0]:5.2f}  {metrics}")
+        lines.append(
+            f"{r['size']:5} {r['method']:18} {r['wall_s']:8.2f} {ratio:>7} {r['peak_extra_mb']:9.0f} "
+            f"{r['load_avg_before'][0]:5.2f}  {metrics}"
+        )
     return "\n".join(lines)
 
 
@@ -301,7 +312,9 @@ def main(argv=None) -> int:
             rows.extend(size_rows)
 
     report = {
-        "benchmark": "retrieval evaluation: ours (rank engine / search engine) vs pytorch-metric-learning vs bare faiss",
+        "benchmark": (
+            "retrieval evaluation: ours (rank engine / search engine) vs pytorch-metric-learning vs bare faiss"
+        ),
         "device": "cpu",
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()},
         "versions": versions(),

@@ -19,6 +19,7 @@ embeddings themselves are in the baseline).
 
 Results: a table on stdout and JSON in benchmarks/results/eval-cuda.json (``--output`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ SIZES, make_embeddings = _eval_benchmark.SIZES, _eval_benchmark.make_embeddings
 
 def bare_topk(x: torch.Tensor, k: int, chunk: int = 4096) -> None:
     for start in range(0, x.shape[0], chunk):
-        torch.topk(x[start:start + chunk] @ x.T, k, dim=1)
+        torch.topk(x[start : start + chunk] @ x.T, k, dim=1)
 
 
 def timed(fn, cuda: bool) -> tuple[float, float | None, object]:
@@ -88,20 +89,43 @@ def main(argv=None) -> int:
         xc = x.to(dev)
         ref = None
         for budget in budgets:
-            wall, peak, metrics = timed(lambda: evaluate_embeddings(
-                xc, labels, ks, engine="ranks", compute_nmi=False, memory_budget_mb=budget), cuda=cuda)
-            rows.append(dict(size=size, n=n, method="ours-ranks-cuda", budget_mb=budget, wall_s=wall,
-                             peak_gpu_mb=peak, metrics=metrics))
+            wall, peak, metrics = timed(
+                lambda: evaluate_embeddings(xc, labels, ks, engine="ranks", compute_nmi=False, memory_budget_mb=budget),
+                cuda=cuda,
+            )
+            rows.append(
+                dict(
+                    size=size,
+                    n=n,
+                    method="ours-ranks-cuda",
+                    budget_mb=budget,
+                    wall_s=wall,
+                    peak_gpu_mb=peak,
+                    metrics=metrics,
+                )
+            )
             ref = ref or metrics
         wall, peak, _ = timed(lambda: bare_topk(xc, max(ks) + 1), cuda=cuda)
-        rows.append(dict(size=size, n=n, method="torch-bare-topk", k=max(ks) + 1, wall_s=wall, peak_gpu_mb=peak,
-                         metrics={}))
+        rows.append(
+            dict(size=size, n=n, method="torch-bare-topk", k=max(ks) + 1, wall_s=wall, peak_gpu_mb=peak, metrics={})
+        )
         if not args.skip_cpu:
-            wall, _, metrics = timed(lambda: evaluate_embeddings(x, labels, ks, engine="ranks", compute_nmi=False),
-                                     cuda=False)
-            rows.append(dict(size=size, n=n, method="ours-ranks-cpu", threads=torch.get_num_threads(), wall_s=wall,
-                             peak_gpu_mb=None, metrics=metrics, identical_to_cuda=metrics == ref,
-                             max_abs_diff_to_cuda=max(abs(metrics[k] - ref[k]) for k in ref)))
+            wall, _, metrics = timed(
+                lambda: evaluate_embeddings(x, labels, ks, engine="ranks", compute_nmi=False), cuda=False
+            )
+            rows.append(
+                dict(
+                    size=size,
+                    n=n,
+                    method="ours-ranks-cpu",
+                    threads=torch.get_num_threads(),
+                    wall_s=wall,
+                    peak_gpu_mb=None,
+                    metrics=metrics,
+                    identical_to_cuda=metrics == ref,
+                    max_abs_diff_to_cuda=max(abs(metrics[k] - ref[k]) for k in ref),
+                )
+            )
         bare = next(r["wall_s"] for r in rows if r["size"] == size and r["method"] == "torch-bare-topk")
         for r in rows:
             if r["size"] == size:
@@ -115,12 +139,23 @@ def main(argv=None) -> int:
         peak = f"{r['peak_gpu_mb']:11.0f}" if r["peak_gpu_mb"] is not None else f"{'-':>11}"
         budget = f"{r['budget_mb']:7.0f}" if "budget_mb" in r else f"{'-':>7}"
         metrics = " ".join(f"{k}={v:.2f}" for k, v in r["metrics"].items())
-        same = (f" identical_to_cuda={r['identical_to_cuda']} (max diff {r['max_abs_diff_to_cuda']:.1e})"
-                if "identical_to_cuda" in r else "")
-        print(f"{r['size']:5} {r['method']:16} {budget} {r['wall_s']:8.3f} {r['ratio_to_bare_topk']:6.2f} {peak}  "
-              f"{metrics}{same}")
-    result = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "python": platform.python_version(), "cpu_threads": torch.get_num_threads(), "rows": rows}
+        same = (
+            f" identical_to_cuda={r['identical_to_cuda']} (max diff {r['max_abs_diff_to_cuda']:.1e})"
+            if "identical_to_cuda" in r
+            else ""
+        )
+        print(
+            f"{r['size']:5} {r['method']:16} {budget} {r['wall_s']:8.3f} {r['ratio_to_bare_topk']:6.2f} {peak}  "
+            f"{metrics}{same}"
+        )
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")

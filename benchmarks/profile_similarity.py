@@ -10,6 +10,7 @@ torch.profiler table of one forward + backward, sorted by self device time and b
 
 JSON with the timings in benchmarks/results/profile-similarity-<device>.json (``--output`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=25, help="rows of each profiler table")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     g = torch.Generator().manual_seed(0)
     b, d = args.batch_size, args.dim
     x = F.normalize(torch.randn(b, d, generator=g), dim=1).to(device)
@@ -75,8 +79,8 @@ def main(argv=None) -> int:
     timings = {
         "fit_pieces": median_ms(lambda: fit_pieces(x, piece_dim=2, max_candidates=10, tau=0.5), device, args.repeats),
         "fit_pieces_no_selection": median_ms(
-            lambda: fit_pieces(x, piece_dim=2, max_candidates=10, tau=0.5, subset_selection=False), device,
-            args.repeats),
+            lambda: fit_pieces(x, piece_dim=2, max_candidates=10, tau=0.5, subset_selection=False), device, args.repeats
+        ),
         "pairwise": median_ms(lambda: sim.pairwise(x, pieces), device, args.repeats),
         "to_proxies": median_ms(lambda: sim.to_proxies(x, pieces, points, bases), device, args.repeats),
         "similarity_total": median_ms(lambda: sim(x, points, bases), device, args.repeats),
@@ -87,16 +91,21 @@ def main(argv=None) -> int:
     gram = torch.randn(b, 10, 10, dtype=torch.float64, generator=g)
     gram = (gram @ gram.transpose(1, 2)).to(device)
     raw = torch.randn(b, d, 2, dtype=torch.float64, generator=g).to(device)
-    timings.update({
-        "eigh_f64_BxMxM_device": median_ms(lambda: torch.linalg.eigh(gram), device, args.repeats),
-        "eigh_f32_BxMxM_device": median_ms(lambda: torch.linalg.eigh(gram.float()), device, args.repeats),
-        "eigh_f64_BxMxM_via_cpu": median_ms(lambda: [t.to(device) for t in torch.linalg.eigh(gram.cpu())], device,
-                                            args.repeats),
-        "qr_f64_Bxdxm_device": median_ms(lambda: torch.linalg.qr(raw), device, args.repeats),
-        "orthonormal_basis_f64_Bxdxm": median_ms(lambda: orthonormal_basis(raw), device, args.repeats),
-    })
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), B={b}, d={d}, "
-          f"N_rho={args.num_proxies}, torch {torch.__version__}")
+    timings.update(
+        {
+            "eigh_f64_BxMxM_device": median_ms(lambda: torch.linalg.eigh(gram), device, args.repeats),
+            "eigh_f32_BxMxM_device": median_ms(lambda: torch.linalg.eigh(gram.float()), device, args.repeats),
+            "eigh_f64_BxMxM_via_cpu": median_ms(
+                lambda: [t.to(device) for t in torch.linalg.eigh(gram.cpu())], device, args.repeats
+            ),
+            "qr_f64_Bxdxm_device": median_ms(lambda: torch.linalg.qr(raw), device, args.repeats),
+            "orthonormal_basis_f64_Bxdxm": median_ms(lambda: orthonormal_basis(raw), device, args.repeats),
+        }
+    )
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), B={b}, d={d}, "
+        f"N_rho={args.num_proxies}, torch {torch.__version__}"
+    )
     for k, v in timings.items():
         print(f"  {k:32} {v:9.3f} ms")
 
@@ -115,8 +124,18 @@ def main(argv=None) -> int:
     print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     out = args.output or ROOT / "benchmarks" / "results" / f"profile-similarity-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "config": vars(args) | {
-        "output": str(out)}, "timings_ms": timings}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "device": str(device),
+                "torch": torch.__version__,
+                "config": vars(args) | {"output": str(out)},
+                "timings_ms": timings,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -30,6 +30,7 @@ Run (from the repository root, with the project's venv):
 
 Results: a table on stdout and JSON in benchmarks/results/similarity-<device>.json (``--output`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +55,14 @@ for _p in (ROOT / "src", ROOT / "tests" / "manifold"):
         sys.path.insert(0, str(_p))
 
 import reference as ref  # noqa: E402  (tests/manifold/reference.py)
+
 from plm_lightning.manifold import (  # noqa: E402
-    PLMLoss, PLMSimilarity, ProxyManifold, fit_pieces, neighbourhood_loss, point_loss, proxy_loss,
+    PLMLoss,
+    PLMSimilarity,
+    ProxyManifold,
+    neighbourhood_loss,
+    point_loss,
+    proxy_loss,
 )
 
 BATCH_SIZES = (60, 120, 240)
@@ -74,7 +80,7 @@ PROXY_NEIGHBOURS = 5
 LOOP_DEFAULT_MAX_COST = 4.0e6
 # Measured on CPU: a GoogLeNet training step at 227 px holds about 50 MB per image; used to skip batch sizes that
 # would not fit in the available memory.
-GOOGLENET_BYTES_PER_IMAGE = 60 * 2 ** 20
+GOOGLENET_BYTES_PER_IMAGE = 60 * 2**20
 
 # Default thread count on CPU. On a small shared CPU (2 cores here, other jobs running) OpenMP threads that spin-wait
 # for descheduled peers make multi-threaded timings swing wildly: measured at load average ~6 on 2 cores, one PLM
@@ -133,8 +139,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def repeat_timing(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int,
-                  budget_s: float, min_repeats: int = 3) -> list[float]:
+def repeat_timing(
+    fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int, budget_s: float, min_repeats: int = 3
+) -> list[float]:
     """Warm-up calls, then up to ``repeats`` timed calls; stops early (after at least ``min_repeats``) once the timed
     calls have used ``budget_s`` seconds."""
     for _ in range(warmup):
@@ -189,14 +196,18 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
 
 def memory_method(device: torch.device) -> str:
     if device.type == "cuda":
-        return ("torch.cuda.reset_peak_memory_stats before one fwd+bwd call, then torch.cuda.max_memory_allocated "
-                "minus torch.cuda.memory_allocated before the call (caching-allocator bytes in tensors; inputs, "
-                "parameters and anything live before the call excluded)")
-    return ("torch.profiler.profile(activities=[CPU], profile_memory=True) around one fwd+bwd call; the CPU "
-            "allocation events (+bytes on allocation, -bytes on free, from the profiler's event tree) are summed in "
-            "time order and the maximum of the running sum is the peak of live tensor memory allocated by the call "
-            "(inputs, parameters and anything live before the call excluded; allocator caching and non-tensor "
-            "memory not included)")
+        return (
+            "torch.cuda.reset_peak_memory_stats before one fwd+bwd call, then torch.cuda.max_memory_allocated "
+            "minus torch.cuda.memory_allocated before the call (caching-allocator bytes in tensors; inputs, "
+            "parameters and anything live before the call excluded)"
+        )
+    return (
+        "torch.profiler.profile(activities=[CPU], profile_memory=True) around one fwd+bwd call; the CPU "
+        "allocation events (+bytes on allocation, -bytes on free, from the profiler's event tree) are summed in "
+        "time order and the maximum of the running sum is the peak of live tensor memory allocated by the call "
+        "(inputs, parameters and anything live before the call excluded; allocator caching and non-tensor "
+        "memory not included)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ PLM problem
@@ -261,12 +272,16 @@ def bench_config(b: int, d: int, k: int, device: torch.device, args) -> dict:
     times = repeat_timing(prob.step, device, warmup=args.warmup, repeats=args.repeats, budget_s=args.config_budget)
     peak = peak_bytes(prob.step, device)
     row = {
-        "B": b, "d": d, "N_rho": k,
+        "B": b,
+        "d": d,
+        "N_rho": k,
         "vectorised_ms": 1e3 * statistics.median(times),
         "vectorised_min_ms": 1e3 * min(times),
         "vectorised_repeats": len(times),
-        "peak_mem_mb": None if peak is None else peak / 2 ** 20,
-        "loop_ms": None, "speedup_vs_loop": None, "loss_abs_diff": None,
+        "peak_mem_mb": None if peak is None else peak / 2**20,
+        "loop_ms": None,
+        "speedup_vs_loop": None,
+        "loss_abs_diff": None,
     }
     if loop_selected(b, d, k, args.full) and not args.no_loop:
         loop_s, loop_loss = prob.loop_reference()
@@ -283,8 +298,9 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
     from plm_lightning.models.head import build_embedder
 
     torch.manual_seed(args.seed)
-    model = build_embedder("googlenet", embedding_dim=512, pooling="avg+max", pretrained=False,
-                           in_channels=3).to(device)
+    model = build_embedder("googlenet", embedding_dim=512, pooling="avg+max", pretrained=False, in_channels=3).to(
+        device
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
     g = torch.Generator().manual_seed(args.seed)
@@ -297,6 +313,7 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
             emb = model(images)
             emb.float().pow(2).mean().backward()
             opt.step()
+
         return step
 
     # Warm-up on a small batch: one-time allocations, AdamW state, kernel selection.
@@ -314,14 +331,21 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
         reason = None
         if b != 120 and not args.full:
             if projected_s is not None and spent + projected_s > args.googlenet_budget:
-                reason = (f"projected {projected_s:.0f} s would exceed --googlenet-budget "
-                          f"{args.googlenet_budget:.0f} s (spent {spent:.0f} s)")
+                reason = (
+                    f"projected {projected_s:.0f} s would exceed --googlenet-budget "
+                    f"{args.googlenet_budget:.0f} s (spent {spent:.0f} s)"
+                )
             avail = mem_available_bytes()
             if device.type == "cpu" and avail is not None and b * GOOGLENET_BYTES_PER_IMAGE > 0.8 * avail:
                 reason = f"~{b * GOOGLENET_BYTES_PER_IMAGE / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available"
         if reason is not None:
-            results[b] = {"B": b, "googlenet_step_ms": per_image * b, "measured": False, "repeats": 0,
-                          "note": f"extrapolated linearly from the per-image time at the nearest measured B ({reason})"}
+            results[b] = {
+                "B": b,
+                "googlenet_step_ms": per_image * b,
+                "measured": False,
+                "repeats": 0,
+                "note": f"extrapolated linearly from the per-image time at the nearest measured B ({reason})",
+            }
             log(f"  googlenet B={b}: extrapolated ({reason})")
             continue
         try:
@@ -334,8 +358,13 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
         except (RuntimeError, MemoryError) as exc:  # CUDA OOM is a RuntimeError subclass
             if per_image is None:
                 raise
-            results[b] = {"B": b, "googlenet_step_ms": per_image * b, "measured": False, "repeats": 0,
-                          "note": f"extrapolated (step failed: {type(exc).__name__})"}
+            results[b] = {
+                "B": b,
+                "googlenet_step_ms": per_image * b,
+                "measured": False,
+                "repeats": 0,
+                "note": f"extrapolated (step failed: {type(exc).__name__})",
+            }
             log(f"  googlenet B={b}: failed ({type(exc).__name__}), extrapolated")
             continue
         finally:
@@ -345,10 +374,14 @@ def bench_googlenet(device: torch.device, args, log) -> dict[int, dict]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         spent += sum(times)
-        results[b] = {"B": b, "googlenet_step_ms": 1e3 * statistics.median(times), "measured": True,
-                      "repeats": len(times)}
+        results[b] = {
+            "B": b,
+            "googlenet_step_ms": 1e3 * statistics.median(times),
+            "measured": True,
+            "repeats": len(times),
+        }
         log(f"  googlenet B={b}: {1e3 * statistics.median(times):.0f} ms ({b / statistics.median(times):.1f} img/s)")
-    del model, opt
+    model = opt = None  # frees them before the next benchmark (the closures above share these variables)
     gc.collect()
     return results
 
@@ -372,18 +405,22 @@ def profile_stages(device: torch.device, args) -> dict:
         def run():
             prob.zero_grad()
             fn().backward()
+
         return run
 
     stages = {
         "fit_pieces (pieces.py fit_pieces)": lambda: sim.fit(x),
         "pairwise similarity (similarity.py PLMSimilarity.pairwise)": lambda: sim.pairwise(x, pieces),
-        "proxy similarity (similarity.py PLMSimilarity.to_proxies)":
-            lambda: sim.to_proxies(x, pieces, proxies.points, bases),
+        "proxy similarity (similarity.py PLMSimilarity.to_proxies)": lambda: sim.to_proxies(
+            x, pieces, proxies.points, bases
+        ),
         "point_loss fwd+bwd (loss.py point_loss)": bwd(lambda: point_loss(F.normalize(z, dim=1), s)),
-        "proxy_loss fwd+bwd (loss.py proxy_loss)": bwd(lambda: proxy_loss(F.normalize(z, dim=1), proxies.points,
-                                                                           s_proxy)),
-        "neighbourhood_loss fwd+bwd incl. QR (loss.py neighbourhood_loss)":
-            bwd(lambda: neighbourhood_loss(x, s_proxy, proxies.points, proxies.bases(), PROXY_NEIGHBOURS)),
+        "proxy_loss fwd+bwd (loss.py proxy_loss)": bwd(
+            lambda: proxy_loss(F.normalize(z, dim=1), proxies.points, s_proxy)
+        ),
+        "neighbourhood_loss fwd+bwd incl. QR (loss.py neighbourhood_loss)": bwd(
+            lambda: neighbourhood_loss(x, s_proxy, proxies.points, proxies.bases(), PROXY_NEIGHBOURS)
+        ),
         "whole PLMLoss fwd+bwd": prob.step,
     }
     del zn
@@ -393,6 +430,7 @@ def profile_stages(device: torch.device, args) -> dict:
         out["stages_ms"][name] = 1e3 * statistics.median(times)
 
     from torch.profiler import ProfilerActivity, profile
+
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     # Grouped by input shapes: the shapes identify the statement (e.g. B x K x d is the broadcast difference of
     # cdist_safe in proxy_loss, B x P x d x m the einsums of piece_distances).
@@ -401,7 +439,8 @@ def profile_stages(device: torch.device, args) -> dict:
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     out["top_ops_by_shape"] = prof.key_averages(group_by_input_shape=True).table(
-        sort_by=key, row_limit=15, max_name_column_width=30, max_shapes_column_width=60)
+        sort_by=key, row_limit=15, max_name_column_width=30, max_shapes_column_width=60
+    )
     return out
 
 
@@ -427,29 +466,49 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--full", action="store_true",
-                   help="run the loop reference on every config and measure GoogLeNet at every B (slow)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="run the loop reference on every config and measure GoogLeNet at every B (slow)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of the vectorised call (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before the timed repeats")
-    p.add_argument("--config-budget", type=float, default=6.0,
-                   help="seconds of timed repeats per config after which repeating stops (at least 3 repeats)")
+    p.add_argument(
+        "--config-budget",
+        type=float,
+        default=6.0,
+        help="seconds of timed repeats per config after which repeating stops (at least 3 repeats)",
+    )
     p.add_argument("--googlenet-repeats", type=int, default=1, help="timed GoogLeNet steps per batch size")
-    p.add_argument("--googlenet-budget", type=float, default=120.0,
-                   help="seconds of GoogLeNet steps; B=120 always runs, other B only while they fit "
-                        "(else extrapolated); ignored with --full")
+    p.add_argument(
+        "--googlenet-budget",
+        type=float,
+        default=120.0,
+        help="seconds of GoogLeNet steps; B=120 always runs, other B only while they fit "
+        "(else extrapolated); ignored with --full",
+    )
     p.add_argument("--no-googlenet", action="store_true", help="skip the GoogLeNet comparison")
     p.add_argument("--no-loop", action="store_true", help="skip the loop reference")
-    p.add_argument("--profile", action="store_true",
-                   help="also time each stage at B=240, d=512, N_rho=400 and list the top ops (by input shape)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads; default 1 on CPU (multi-threaded timings are unstable on a loaded shared "
-                        "CPU), torch's default on CUDA; 0 = torch's default (all cores)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time each stage at B=240, d=512, N_rho=400 and list the top ops (by input shape)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads; default 1 on CPU (multi-threaded timings are unstable on a loaded shared "
+        "CPU), torch's default on CUDA; 0 = torch's default (all cores)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, default=None,
-                   help="JSON path (default benchmarks/results/similarity-<device>.json)")
+    p.add_argument(
+        "--output", type=Path, default=None, help="JSON path (default benchmarks/results/similarity-<device>.json)"
+    )
     return p.parse_args(argv)
 
 
@@ -483,26 +542,43 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_start": loadavg(),
-        "settings": {"knobs": {**KNOBS, "proxy_neighbours_q": PROXY_NEIGHBOURS, "delta": 1.0, "lambda_proxy": 1.0,
-                               "lambda_nbhd": 1.0},
-                     "repeats": args.repeats, "warmup": args.warmup, "config_budget_s": args.config_budget,
-                     "googlenet_repeats": args.googlenet_repeats, "googlenet_budget_s": args.googlenet_budget,
-                     "full": args.full, "seed": args.seed,
-                     "loop_default_selection": f"B*(B+N_rho)*d <= {LOOP_DEFAULT_MAX_COST:g} or the headline config"},
-        "timing_method": ("wall clock (time.perf_counter, torch.cuda.synchronize before and after on CUDA) of "
-                          "PLMLoss forward + loss.backward(); median of the timed repeats after warm-up. The loop "
-                          "reference is timed once, forward only (numpy float64)."),
+        "settings": {
+            "knobs": {
+                **KNOBS,
+                "proxy_neighbours_q": PROXY_NEIGHBOURS,
+                "delta": 1.0,
+                "lambda_proxy": 1.0,
+                "lambda_nbhd": 1.0,
+            },
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "config_budget_s": args.config_budget,
+            "googlenet_repeats": args.googlenet_repeats,
+            "googlenet_budget_s": args.googlenet_budget,
+            "full": args.full,
+            "seed": args.seed,
+            "loop_default_selection": f"B*(B+N_rho)*d <= {LOOP_DEFAULT_MAX_COST:g} or the headline config",
+        },
+        "timing_method": (
+            "wall clock (time.perf_counter, torch.cuda.synchronize before and after on CUDA) of "
+            "PLMLoss forward + loss.backward(); median of the timed repeats after warm-up. The loop "
+            "reference is timed once, forward only (numpy float64)."
+        ),
         "memory_method": memory_method(device),
     }
-    log(f"device {device.type} ({meta['device_name']}), torch {torch.__version__}, {meta['num_threads']} threads, "
-        f"load average {meta['load_average_start']}")
+    log(
+        f"device {device.type} ({meta['device_name']}), torch {torch.__version__}, {meta['num_threads']} threads, "
+        f"load average {meta['load_average_start']}"
+    )
 
     rows = []
     for b, d, k in itertools.product(BATCH_SIZES, DIMS, NUM_PROXIES):
         row = bench_config(b, d, k, device, args)
         rows.append(row)
-        log(f"  B={b:3d} d={d:3d} N_rho={k:3d}: {row['vectorised_ms']:8.1f} ms, "
-            f"peak {fmt(row['peak_mem_mb'], '.1f')} MB, loop {fmt(row['loop_ms'], '.0f')} ms")
+        log(
+            f"  B={b:3d} d={d:3d} N_rho={k:3d}: {row['vectorised_ms']:8.1f} ms, "
+            f"peak {fmt(row['peak_mem_mb'], '.1f')} MB, loop {fmt(row['loop_ms'], '.0f')} ms"
+        )
 
     googlenet: dict[int, dict] = {}
     if not args.no_googlenet:
@@ -518,7 +594,8 @@ def main(argv=None) -> int:
         gr["plm_overhead_fraction"] = plm_ms / gr["googlenet_step_ms"]
         gr["plm_overhead_fraction_by_config"] = {
             f"d={d},N_rho={k}": by_cfg[(b, d, k)]["vectorised_ms"] / gr["googlenet_step_ms"]
-            for d, k in itertools.product(DIMS, NUM_PROXIES)}
+            for d, k in itertools.product(DIMS, NUM_PROXIES)
+        }
         gn_rows.append(gr)
         for r in rows:
             if r["B"] == b:
@@ -552,39 +629,53 @@ def main(argv=None) -> int:
 
     # ---- printed table
     print()
-    print(f"PLM similarity + loss, fwd+bwd — {device.type} ({meta['device_name']}), torch {torch.__version__}, "
-          f"{meta['num_threads']} threads")
-    hdr = f"{'B':>4} {'d':>4} {'N_rho':>5} | {'vec ms':>9} {'min ms':>9} {'peak MB':>8} | {'loop ms':>9} {'speedup':>8}" \
-          f" {'|dloss|':>8} | {'% GoogLeNet':>11}"
+    print(
+        f"PLM similarity + loss, fwd+bwd — {device.type} ({meta['device_name']}), torch {torch.__version__}, "
+        f"{meta['num_threads']} threads"
+    )
+    hdr = (
+        f"{'B':>4} {'d':>4} {'N_rho':>5} | {'vec ms':>9} {'min ms':>9} {'peak MB':>8} | {'loop ms':>9} {'speedup':>8}"
+        f" {'|dloss|':>8} | {'% GoogLeNet':>11}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         ov = r.get("overhead_vs_googlenet_step")
-        print(f"{r['B']:>4} {r['d']:>4} {r['N_rho']:>5} | {r['vectorised_ms']:>9.1f} {r['vectorised_min_ms']:>9.1f} "
-              f"{fmt(r['peak_mem_mb'], '8.1f'):>8} | {fmt(r['loop_ms'], '9.0f'):>9} "
-              f"{fmt(r['speedup_vs_loop'], '7.1f') + ('x' if r['speedup_vs_loop'] else ''):>8} "
-              f"{fmt(r['loss_abs_diff'], '8.1e'):>8} | {fmt(None if ov is None else 100 * ov, '10.2f'):>11}")
+        print(
+            f"{r['B']:>4} {r['d']:>4} {r['N_rho']:>5} | {r['vectorised_ms']:>9.1f} {r['vectorised_min_ms']:>9.1f} "
+            f"{fmt(r['peak_mem_mb'], '8.1f'):>8} | {fmt(r['loop_ms'], '9.0f'):>9} "
+            f"{fmt(r['speedup_vs_loop'], '7.1f') + ('x' if r['speedup_vs_loop'] else ''):>8} "
+            f"{fmt(r['loss_abs_diff'], '8.1e'):>8} | {fmt(None if ov is None else 100 * ov, '10.2f'):>11}"
+        )
     if gn_rows:
         print()
-        print(f"{'B':>4} | {'GoogLeNet step ms':>17} {'img/s':>7} {'measured':>8} | {'PLM ms (d512,N100)':>18} "
-              f"{'overhead':>8}")
+        print(
+            f"{'B':>4} | {'GoogLeNet step ms':>17} {'img/s':>7} {'measured':>8} | {'PLM ms (d512,N100)':>18} "
+            f"{'overhead':>8}"
+        )
         for g in gn_rows:
-            print(f"{g['B']:>4} | {g['googlenet_step_ms']:>17.0f} {1e3 * g['B'] / g['googlenet_step_ms']:>7.1f} "
-                  f"{'yes' if g['measured'] else 'extrap.':>8} | {g['plm_ms_d512_nrho100']:>18.1f} "
-                  f"{100 * g['plm_overhead_fraction']:>7.2f}%")
+            print(
+                f"{g['B']:>4} | {g['googlenet_step_ms']:>17.0f} {1e3 * g['B'] / g['googlenet_step_ms']:>7.1f} "
+                f"{'yes' if g['measured'] else 'extrap.':>8} | {g['plm_ms_d512_nrho100']:>18.1f} "
+                f"{100 * g['plm_overhead_fraction']:>7.2f}%"
+            )
     print()
     sp, ov = headline["speedup_vs_loop"], headline["plm_overhead_fraction"]
-    print(f"headline (B=120, d=512, N_rho=100): speedup vs loop {fmt(sp, '.1f')}x (target >= {TARGET_SPEEDUP:g}x), "
-          f"PLM overhead {fmt(None if ov is None else 100 * ov, '.2f')}% of a GoogLeNet step "
-          f"(target < {100 * TARGET_OVERHEAD:g}%)")
+    print(
+        f"headline (B=120, d=512, N_rho=100): speedup vs loop {fmt(sp, '.1f')}x (target >= {TARGET_SPEEDUP:g}x), "
+        f"PLM overhead {fmt(None if ov is None else 100 * ov, '.2f')}% of a GoogLeNet step "
+        f"(target < {100 * TARGET_OVERHEAD:g}%)"
+    )
     if profile is not None:
         print()
         print(f"stage breakdown at B={PROFILE_CONFIG[0]}, d={PROFILE_CONFIG[1]}, N_rho={PROFILE_CONFIG[2]}:")
         for name, ms in profile["stages_ms"].items():
             print(f"  {ms:9.1f} ms  {name}")
         print(profile["top_ops_by_shape"])
-    print(f"load average start {meta['load_average_start']}, end {result['load_average_end']}; "
-          f"wall time {result['wall_time_s']:.0f} s")
+    print(
+        f"load average start {meta['load_average_start']}, end {result['load_average_end']}; "
+        f"wall time {result['wall_time_s']:.0f} s"
+    )
 
     write_json_atomic(Path(output), result)
     print(f"wrote {output}")

@@ -23,6 +23,7 @@ Run (repository root, project venv):
 
 Results: a table on stdout and JSON in benchmarks/results/train-step-<device>.json (``--output`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,13 +84,15 @@ def run_precision(precision: str, args, device: torch.device) -> dict:
     amp = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
 
-    student = build_embedder(args.backbone, embedding_dim=args.embedding_dim, pretrained=False,
-                             pooling="avg+max", in_channels=3).to(device)
+    student = build_embedder(
+        args.backbone, embedding_dim=args.embedding_dim, pretrained=False, pooling="avg+max", in_channels=3
+    ).to(device)
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
     proxies = ProxyManifold(args.num_proxies, args.embedding_dim, piece_dim=2).to(device) if args.num_proxies else None
     # The defaults (k = 5, M = 2k = 10), as benchmarks/similarity.py.
-    criterion = PLMLoss(PLMSimilarity(n_alpha=4.0, n_beta=1.0, piece_dim=2, max_candidates=10, tau=0.5),
-                        proxy_neighbours=5)
+    criterion = PLMLoss(
+        PLMSimilarity(n_alpha=4.0, n_beta=1.0, piece_dim=2, max_candidates=10, tau=0.5), proxy_neighbours=5
+    )
     params = list(student.parameters()) + (list(proxies.parameters()) if proxies is not None else [])
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
@@ -153,7 +156,9 @@ def run_precision(precision: str, args, device: torch.device) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of " + ",".join(PRECISIONS))
+    p.add_argument(
+        "--precisions", default=",".join(PRECISIONS), help="comma-separated subset of " + ",".join(PRECISIONS)
+    )
     p.add_argument("--backbone", default="googlenet")
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--image-size", type=int, default=227)
@@ -164,8 +169,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels (Lightning's default)
     precisions = [q for q in args.precisions.split(",") if q]
@@ -177,18 +185,24 @@ def main(argv=None) -> int:
         r["speedup_vs_32_true"] = base["step_ms"] / r["step_ms"] if base else None
 
     header = f"{'precision':14} {'step ms':>9} {'img/s':>8} {'PLM ms':>8} {'PLM %':>6} {'peak MB':>9} {'x 32-true':>9}"
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}; "
-          f"{args.backbone}, B={args.batch_size}, {args.image_size} px, d={args.embedding_dim}, "
-          f"N_rho={args.num_proxies}")
+    print(
+        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}; "
+        f"{args.backbone}, B={args.batch_size}, {args.image_size} px, d={args.embedding_dim}, "
+        f"N_rho={args.num_proxies}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         peak = f"{r['peak_mem_above_weights_mb']:9.0f}" if r["peak_mem_above_weights_mb"] is not None else f"{'-':>9}"
-        print(f"{r['precision']:14} {r['step_ms']:9.1f} {r['images_per_s']:8.1f} {r['plm_ms']:8.2f} "
-              f"{100 * r['plm_share']:6.2f} {peak} {r['speedup_vs_32_true'] or float('nan'):9.2f}")
+        print(
+            f"{r['precision']:14} {r['step_ms']:9.1f} {r['images_per_s']:8.1f} {r['plm_ms']:8.2f} "
+            f"{100 * r['plm_share']:6.2f} {peak} {r['speedup_vs_32_true'] or float('nan'):9.2f}"
+        )
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
         "config": {k: v for k, v in vars(args).items() if k != "output"},
         "rows": rows,
     }

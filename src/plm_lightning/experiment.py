@@ -1,5 +1,6 @@
 """The composition root: builds the DataModule, LightningModule, callbacks, loggers and Trainer of a run from its
 validated config, and runs it. Entry points (cli/) call into here and hold no logic of their own."""
+
 from __future__ import annotations
 
 import netrc
@@ -8,25 +9,25 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from plm_lightning import run_directory
 from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor, StopAfterEpochs
-from plm_lightning.callbacks.throughput import Throughput
-from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from plm_lightning.callbacks.plots import RunPlots
+from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
+from plm_lightning.callbacks.throughput import Throughput
 from plm_lightning.config.loading import to_yaml
 from plm_lightning.data.base import DatasetError
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.models.build import build_model
 from plm_lightning.models.embedding_module import EmbeddingModule
-from plm_lightning import run_directory
 from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
 from plm_lightning.utils.csv_logger import AtomicCSVLogger
 from plm_lightning.utils.io import atomic_write_text
@@ -87,10 +88,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else None
         run_id = None if run_id in ("", "None") else run_id  # "None": written by an earlier version of fit()
-        logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity,
-                             name=cfg.logger.name or cfg.run.name or run_dir.name, save_dir=str(run_dir),
-                             tags=list(cfg.logger.tags), mode=mode, id=run_id,
-                             resume="allow" if run_id else None)
+        logger = WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            name=cfg.logger.name or cfg.run.name or run_dir.name,
+            save_dir=str(run_dir),
+            tags=list(cfg.logger.tags),
+            mode=mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
         loggers.append(logger)
     return loggers
 
@@ -102,19 +109,41 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     module, datamodule = build_model(cfg)
     evaluation = RetrievalEvaluation(
-        cfg.eval.ks, every_n_epochs=cfg.eval.every_n_epochs, before_training=cfg.eval.before_training,
-        backend=cfg.eval.backend, normalize=cfg.eval.normalize, map_r=cfg.eval.map_r, nmi=cfg.eval.nmi,
-        memory_budget_mb=cfg.eval.memory_budget_mb, seed=cfg.run.seed, run_dir=str(run_dir),
-        on_device=cfg.eval.on_device)
-    checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
-                                 monitor="val/R@1", mode="max", save_last=False, save_top_k=1,
-                                 auto_insert_metric_name=False, every_n_epochs=cfg.eval.every_n_epochs,
-                                 save_on_train_epoch_end=True)
+        cfg.eval.ks,
+        every_n_epochs=cfg.eval.every_n_epochs,
+        before_training=cfg.eval.before_training,
+        backend=cfg.eval.backend,
+        normalize=cfg.eval.normalize,
+        map_r=cfg.eval.map_r,
+        nmi=cfg.eval.nmi,
+        memory_budget_mb=cfg.eval.memory_budget_mb,
+        seed=cfg.run.seed,
+        run_dir=str(run_dir),
+        on_device=cfg.eval.on_device,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best-epoch{epoch:03d}",
+        monitor="val/R@1",
+        mode="max",
+        save_last=False,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        every_n_epochs=cfg.eval.every_n_epochs,
+        save_on_train_epoch_end=True,
+    )
     # last.ckpt at the end of every epoch, for resume=auto. Not save_last=True above: since Lightning 2.x that
     # writes last.ckpt only in epochs that also write a top-k checkpoint, so last.ckpt goes stale once R@1 stops
     # improving, and a resumed run would start from the best epoch instead of the last one.
-    last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
-                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    last = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
     loggers = build_loggers(cfg, run_dir)
     callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint, last]
     callbacks.append(Throughput())  # train/images_per_sec, train/data_wait_fraction: is loading the bottleneck?
@@ -132,13 +161,26 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     t = cfg.trainer
     world = t.devices * t.num_nodes
     trainer = L.Trainer(
-        default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, precision=t.precision, strategy="ddp" if world > 1 else "auto",
-        deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        strategy="ddp" if world > 1 else "auto",
+        deterministic=t.deterministic,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        enable_progress_bar=t.enable_progress_bar,
         # The nearest-neighbour batch sampler shards batches by rank itself; evaluation uses no Lightning loop.
-        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
-        logger=loggers if loggers else False, callbacks=callbacks, plugins=plugins,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        logger=loggers if loggers else False,
+        callbacks=callbacks,
+        plugins=plugins,
     )
     return trainer, module, datamodule, evaluation, run_dir
 
@@ -164,9 +206,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # a dataset that does not build stops the run here, before its folder is written
     evaluation.check_split(datamodule.test_set, cfg.data.name)
     if cfg.method.name == "plm" and cfg.method.num_proxies > len(datamodule.train_set):
-        raise DatasetError(f"method.num_proxies={cfg.method.num_proxies} exceeds the {len(datamodule.train_set)} "
-                           f"images of the {cfg.data.name} training split (each proxy starts at one of them); lower "
-                           f"method.num_proxies")
+        raise DatasetError(
+            f"method.num_proxies={cfg.method.num_proxies} exceeds the {len(datamodule.train_set)} "
+            f"images of the {cfg.data.name} training split (each proxy starts at one of them); lower "
+            f"method.num_proxies"
+        )
     if global_zero:
         run_directory.begin(cfg, run_dir)
     _write_config(cfg, run_dir)
@@ -179,7 +223,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit:
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into exit(1) after its graceful shutdown
-            raise Interrupted(signal.SIGTERM if getattr(trainer, "received_sigterm", False) else signal.SIGINT) \
-                from None
+            raise Interrupted(
+                signal.SIGTERM if getattr(trainer, "received_sigterm", False) else signal.SIGINT
+            ) from None
         raise
     return evaluation.summary()

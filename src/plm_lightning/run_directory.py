@@ -5,9 +5,9 @@ A run never clobbers another: a folder that already holds a run is refused unles
 against the checkpoint's own config before anything changes. Stale temporaries of an interrupted write are removed.
 Every refusal is a ``RunDirError``: one line naming the folder or file, and plm-fit exits with 2.
 """
+
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,10 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 RUN_FILES = ("config.yaml", "metrics.json", "wandb_id.txt")
 RUN_FOLDERS = ("checkpoints", "logs", "plots", "wandb", "slurm")
 # Keys a resumed run may change: where and how it runs and logs, not what it computes.
-RESUME_MAY_CHANGE = ("resume", "run.dir", "run.name", "run.overwrite", "trainer.stop_after_epochs",
-                     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "data.root", "data.num_workers",
-                     "data.prefetch_factor", "data.eval_batch_size", "model.pretrained", "model.weights",
-                     "eval.plots", "eval.memory_budget_mb", "eval.on_device", "eval.backend", "logger")
+RESUME_MAY_CHANGE = (
+    "resume",
+    "run.dir",
+    "run.name",
+    "run.overwrite",
+    "trainer.stop_after_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "data.root",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.eval_batch_size",
+    "model.pretrained",
+    "model.weights",
+    "eval.plots",
+    "eval.memory_budget_mb",
+    "eval.on_device",
+    "eval.backend",
+    "logger",
+)
 
 
 def stored_config(cfg: DictConfig) -> DictConfig:
@@ -45,7 +61,8 @@ def same_run_config(saved: Path, cfg: DictConfig) -> bool:
     except Exception:  # unreadable, or not a config of this version: not the same run
         return False
     return OmegaConf.to_container(stored_config(then), resolve=True) == OmegaConf.to_container(
-        stored_config(cfg), resolve=True)
+        stored_config(cfg), resolve=True
+    )
 
 
 class RunDirError(ValueError):
@@ -69,8 +86,11 @@ def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a config, metrics, checkpoints or logs of one."""
     if not run_dir.is_dir():
         return False
-    return (any((run_dir / f).exists() for f in RUN_FILES) or any(run_dir.glob("hpc_ckpt_*.ckpt"))
-            or any((run_dir / d).is_dir() and any((run_dir / d).iterdir()) for d in ("checkpoints", "logs")))
+    return (
+        any((run_dir / f).exists() for f in RUN_FILES)
+        or any(run_dir.glob("hpc_ckpt_*.ckpt"))
+        or any((run_dir / d).is_dir() and any((run_dir / d).iterdir()) for d in ("checkpoints", "logs"))
+    )
 
 
 def remove_run(run_dir: Path) -> None:
@@ -125,15 +145,18 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
     try:
         saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), hp["config"]), resolve=True)
     except Exception as exc:  # a config from an incompatible version
-        raise RunDirError(f"resume={cfg.resume}: the config in {ckpt_path} does not fit this version: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise RunDirError(
+            f"resume={cfg.resume}: the config in {ckpt_path} does not fit this version: {str(exc).splitlines()[0]}"
+        ) from None
     now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
     differ = sorted(k for k in set(now) | set(then) if not _may_change(k) and now.get(k) != then.get(k))
     if differ:
         shown = ", ".join(f"{k} ({then.get(k)!r} in the checkpoint, {now.get(k)!r} now)" for k in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-        raise RunDirError(f"resume={cfg.resume}: {ckpt_path} was written by another config: {shown}{more}; resume "
-                          f"with the run's own config.yaml, or start a new run.dir")
+        raise RunDirError(
+            f"resume={cfg.resume}: {ckpt_path} was written by another config: {shown}{more}; resume "
+            f"with the run's own config.yaml, or start a new run.dir"
+        )
 
 
 def check_writable(run_dir: Path) -> None:
@@ -153,8 +176,9 @@ def check_writable(run_dir: Path) -> None:
             probe.write(b"x")
             probe.flush()
     except OSError as exc:
-        raise RunDirError(f"invalid value for config key 'run.dir': {str(run_dir)!r} cannot be written "
-                          f"({exc.strerror or exc})") from None
+        raise RunDirError(
+            f"invalid value for config key 'run.dir': {str(run_dir)!r} cannot be written ({exc.strerror or exc})"
+        ) from None
     finally:
         for folder in missing:  # deepest first
             try:
@@ -174,8 +198,10 @@ def check_start(cfg: DictConfig, run_dir: Path, *, is_global_zero: bool = True) 
         check_resume(cfg, ckpt)
     if is_global_zero:
         if cfg.resume is None and holds_run(run_dir) and not cfg.run.overwrite:
-            raise RunDirError(f"run.dir {run_dir} already holds a run; continue it with resume=auto, choose another "
-                              f"run.dir, or replace it with run.overwrite=true")
+            raise RunDirError(
+                f"run.dir {run_dir} already holds a run; continue it with resume=auto, choose another "
+                f"run.dir, or replace it with run.overwrite=true"
+            )
         check_writable(run_dir)
     return ckpt
 

@@ -1,12 +1,22 @@
 """The run figures' drawing functions on small arrays: what they draw, and that they draw it deterministically."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from plm_lightning.analysis.run_plots import (embedding_projection, nearest_excluding_self, pair_similarities,
-                                              pca_2d, query_choice, raw_image, recall_curve, retrieval_grid,
-                                              same_class_histogram, save_figure)
+from plm_lightning.analysis.run_plots import (
+    embedding_projection,
+    nearest_excluding_self,
+    pair_similarities,
+    pca_2d,
+    query_choice,
+    raw_image,
+    recall_curve,
+    retrieval_grid,
+    same_class_histogram,
+    save_figure,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,8 +71,9 @@ def test_retrieval_grid_borders_say_same_or_different_class():
 
 def test_same_class_histogram_has_both_kinds_of_pairs():
     rng = np.random.default_rng(0)
-    fig = same_class_histogram(rng.uniform(0.8, 1, 50), rng.uniform(0.5, 0.9, 200), title="t",
-                               quality={"purity": 0.9, "pearson": 0.5})
+    fig = same_class_histogram(
+        rng.uniform(0.8, 1, 50), rng.uniform(0.5, 0.9, 200), title="t", quality={"purity": 0.9, "pearson": 0.5}
+    )
     _, labels = fig.axes[0].get_legend_handles_labels()
     assert labels == ["different class (200 pairs)", "same class (50 pairs)"]
     assert "purity 0.90" in fig.axes[0].get_title()
@@ -94,7 +105,8 @@ def test_pair_similarities_on_separated_classes():
     centres = rng.normal(size=(4, 8)) * 3
     labels = np.repeat(np.arange(4), 30)
     emb = centres[labels] + 0.1 * rng.normal(size=(120, 8))
-    same, different, quality = pair_similarities(emb, labels, PLMSimilarity(), batch_size=20,
-                                                 neighbours_per_seed=5, max_batches=4)
+    same, different, quality = pair_similarities(
+        emb, labels, PLMSimilarity(), batch_size=20, neighbours_per_seed=5, max_batches=4
+    )
     assert same.size and different.size and same.mean() > different.mean()
     assert quality["purity"] > 0.8

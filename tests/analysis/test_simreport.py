@@ -1,4 +1,5 @@
 """plm-simreport on the embedded digits: JSON for every estimator, a PNG, and clear errors."""
+
 import json
 import os
 import subprocess
@@ -9,8 +10,13 @@ import pytest
 
 def run(*args):
     env = dict(os.environ, WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.simreport", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.simreport", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("features", ["raw", "initial"])
@@ -28,24 +34,50 @@ def test_report_for_all_estimators(tmp_path, features):
 
 
 def test_checkpoint_features_from_a_trained_run(tmp_path):
-    fit = subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml",
-                          f"run.dir={tmp_path / 'run'}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                          "eval.before_training=false"], capture_output=True, text=True,
-                         env=dict(os.environ, WANDB_MODE="offline"), timeout=300)
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "digits.yaml",
+            f"run.dir={tmp_path / 'run'}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "eval.before_training=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, WANDB_MODE="offline"),
+        timeout=300,
+    )
     assert fit.returncode == 0, fit.stderr[-2000:]
     out = tmp_path / "r.json"
-    result = run("--config", "digits.yaml", "--output", str(out), "--ckpt", str(tmp_path / "run/checkpoints/last.ckpt"),
-                 "--estimators", "plm", "--max-batches", "2")
+    result = run(
+        "--config",
+        "digits.yaml",
+        "--output",
+        str(out),
+        "--ckpt",
+        str(tmp_path / "run/checkpoints/last.ckpt"),
+        "--estimators",
+        "plm",
+        "--max-batches",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(json.loads(out.read_text())) == {"plm"}
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--estimators", "plm,magic"], "--estimators"),
-    (["--ckpt", "/no/such.ckpt"], "--ckpt"),
-    (["--features", "checkpoint"], "--ckpt"),
-    (["optim.lrr=1"], "optim.lrr"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--estimators", "plm,magic"], "--estimators"),
+        (["--ckpt", "/no/such.ckpt"], "--ckpt"),
+        (["--features", "checkpoint"], "--ckpt"),
+        (["optim.lrr=1"], "optim.lrr"),
+    ],
+)
 def test_errors_are_one_line_exit_2(tmp_path, args, fragment):
     result = run("--config", "digits.yaml", "--output", str(tmp_path / "r.json"), *args)
     assert result.returncode == 2

@@ -1,4 +1,5 @@
 """The four method studies on tiny grids: each writes its CSV and PNG, and the numbers mean what they say."""
+
 import csv
 import os
 import subprocess
@@ -6,8 +7,7 @@ import sys
 
 import pytest
 
-from plm_lightning.analysis.studies import (cost_study, curvature_study, proxies_study, sensitivity_study,
-                                            with_overrides)
+from plm_lightning.analysis.studies import cost_study, curvature_study, proxies_study, sensitivity_study, with_overrides
 from plm_lightning.config import load_config
 
 
@@ -23,16 +23,21 @@ def _csv(path):
 
 def test_curvature_study(synthetic_cfg, tmp_path):
     rows = curvature_study(synthetic_cfg, tmp_path, curvatures=(0.0, 4.0))
-    assert {(r["curvature"], r["estimator"]) for r in rows} == {(c, e) for c in (0.0, 4.0)
-                                                                for e in ("plm", "gaussian", "knn", "kmeans")}
+    assert {(r["curvature"], r["estimator"]) for r in rows} == {
+        (c, e) for c in (0.0, 4.0) for e in ("plm", "gaussian", "knn", "kmeans")
+    }
     assert len(_csv(tmp_path / "curvature.csv")) == 8
     assert (tmp_path / "curvature.png").stat().st_size > 5000
     assert all(0 <= r["purity"] <= 1 for r in rows)
 
 
 def test_sensitivity_study(synthetic_cfg, tmp_path):
-    grid = {"data.neighbours_per_seed": [2, 5], "method.tau": [0.25, 1.0], "method.piece_dim": [1, 3],
-            "method.max_candidates": [3, 12]}
+    grid = {
+        "data.neighbours_per_seed": [2, 5],
+        "method.tau": [0.25, 1.0],
+        "method.piece_dim": [1, 3],
+        "method.max_candidates": [3, 12],
+    }
     rows = sensitivity_study(synthetic_cfg, tmp_path, grid=grid)
     assert [(r["knob"], r["value"]) for r in rows] == [(k, v) for k, vs in grid.items() for v in vs]
     assert (tmp_path / "sensitivity.png").is_file() and len(_csv(tmp_path / "sensitivity.csv")) == 8
@@ -70,8 +75,13 @@ def test_with_overrides_validates():
 
 @pytest.mark.slow
 def test_proxies_study_trains_for_real(synthetic_cfg, tmp_path):
-    cfg = with_overrides(synthetic_cfg, trainer__max_epochs=1, trainer__limit_train_batches=2,
-                         eval__before_training=False, data__batch_size=30)
+    cfg = with_overrides(
+        synthetic_cfg,
+        trainer__max_epochs=1,
+        trainer__limit_train_batches=2,
+        eval__before_training=False,
+        data__batch_size=30,
+    )
     rows = proxies_study(cfg, tmp_path, batch_sizes=(30,), num_proxies=(0, 5))
     assert [(r["batch_size"], r["num_proxies"]) for r in rows] == [(30, 0), (30, 5)]
     assert all(0 <= r["final_R@1"] <= 100 for r in rows)
@@ -82,11 +92,30 @@ def test_proxies_study_trains_for_real(synthetic_cfg, tmp_path):
 def test_plm_study_cli(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.study", "curvature", "--config", "synthetic.yaml",
-         f"run.dir={tmp_path / 'curv'}", "data.synthetic.num_classes=6", "--max-batches", "3"],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.study",
+            "curvature",
+            "--config",
+            "synthetic.yaml",
+            f"run.dir={tmp_path / 'curv'}",
+            "data.synthetic.num_classes=6",
+            "--max-batches",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "curv" / "curvature.csv").is_file() and (tmp_path / "curv" / "curvature.png").is_file()
-    bad = subprocess.run([sys.executable, "-m", "plm_lightning.cli.study", "proxies", "--config", "synthetic.yaml",
-                          "method.tauu=1"], capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.study", "proxies", "--config", "synthetic.yaml", "method.tauu=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "method.tau" in bad.stderr

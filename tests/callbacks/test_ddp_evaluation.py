@@ -5,6 +5,7 @@ by dataset index (docs/protocols.md, "Multi-GPU"). The evaluation before trainin
 network in both runs, so every metric must be bit-for-bit the same. Lightning's DDP launcher re-executes sys.argv,
 hence a subprocess running the real entry point module.
 """
+
 import json
 import os
 import subprocess
@@ -24,9 +25,25 @@ def run_fit(run_dir, *args):
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "synthetic.yaml", *ODD_SPLIT, "run.seed=3",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"run.dir={run_dir}", *args],
-        capture_output=True, text=True, env=env, cwd=run_dir.parent, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "synthetic.yaml",
+            *ODD_SPLIT,
+            "run.seed=3",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            f"run.dir={run_dir}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=run_dir.parent,
+        timeout=300,
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result, elapsed
@@ -46,7 +63,8 @@ def test_ddp_initial_evaluation_equals_single_process(tmp_path):
 
     # Rank 0 alone wrote the results: one metrics.json (and one config.yaml) anywhere below the DDP run's folder.
     assert [p.relative_to(tmp_path) for p in (tmp_path / "ddp").rglob("metrics.json")] == [
-        (ddp_dir / "metrics.json").relative_to(tmp_path)]
+        (ddp_dir / "metrics.json").relative_to(tmp_path)
+    ]
     assert len(list((tmp_path / "ddp").rglob("config.yaml"))) == 1
     assert not [p for p in (tmp_path / "ddp").rglob("*") if p.name.endswith(".tmp")]
 

@@ -1,4 +1,5 @@
 """Gathering embeddings across ranks by dataset index: padding and duplicates are dropped, order is by index."""
+
 import torch
 
 from plm_lightning.models.embedding_pass import gather_by_index

@@ -1,5 +1,6 @@
 """The run's figures after a short digits fit (a subprocess, as a user runs plm-fit): PNGs in RUN_DIR/plots and
 images in the offline W&B run; the similarity histogram has pairs of both kinds."""
+
 import os
 import subprocess
 import sys
@@ -17,10 +18,25 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml", f"run.dir={run_dir}",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "method.num_proxies=10", "logger.wandb=true",
-         "logger.csv=false", "trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "digits.yaml",
+            f"run.dir={run_dir}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "method.num_proxies=10",
+            "logger.wandb=true",
+            "logger.csv=false",
+            "trainer.enable_progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for name in PLOTS:
         path = run_dir / "plots" / f"{name}.png"
@@ -37,8 +53,9 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
 
     model = load_trained_model(run_dir / "checkpoints" / "last.ckpt", "cpu")
     emb, labels, _ = model.embed_split(model.cfg.data, "test")
-    same, different, quality = pair_similarities(emb, labels, build_similarity(model.cfg), batch_size=60,
-                                                 neighbours_per_seed=5, max_batches=20)
+    same, different, quality = pair_similarities(
+        emb, labels, build_similarity(model.cfg), batch_size=60, neighbours_per_seed=5, max_batches=20
+    )
     assert same.size > 0 and different.size > 0
     assert np.all((0 < same) & (same <= 1)) and np.all((0 < different) & (different <= 1))
     assert same.mean() > different.mean()  # the similarity knows something about the classes
@@ -50,10 +67,23 @@ def test_vector_data_gets_no_retrieval_grid(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="disabled")
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "synthetic.yaml", f"run.dir={run_dir}",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger.csv=false",
-         "trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "synthetic.yaml",
+            f"run.dir={run_dir}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "logger.csv=false",
+            "trainer.enable_progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     written = sorted(p.stem for p in (run_dir / "plots").glob("*.png"))
     assert written == ["embeddings_pca", "recall", "similarity_hist"]  # vectors have no pictures to show

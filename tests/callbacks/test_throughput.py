@@ -1,4 +1,5 @@
 """The throughput callback: images/s and the share of step time spent waiting for data, logged once per epoch."""
+
 import logging
 import math
 import time
@@ -36,9 +37,16 @@ class Tiny(L.LightningModule):
 
 def test_logs_positive_finite_rate_and_wait_fraction(tmp_path, caplog):
     throughput = Throughput()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[throughput],
-                        default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[throughput],
+        default_root_dir=str(tmp_path),
+    )
     with caplog.at_level(logging.INFO):
         trainer.fit(Tiny(), DataLoader(SlowImages(), batch_size=4))
     metrics = trainer.logged_metrics

@@ -1,6 +1,7 @@
 """plm-embed and plm-search on a model that plm-fit trained on digits: a dataset split (the done-when check: searching
 the exported index reproduces the run's Recall@1), a folder of arbitrary images with broken files, and the index
 library underneath."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,13 @@ def _env():
 
 
 def run(module, *args):
-    return subprocess.run([sys.executable, "-m", f"plm_lightning.cli.{module}", *map(str, args)],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"plm_lightning.cli.{module}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
 
 
 def call_main(capsys, main, *args):
@@ -39,9 +45,17 @@ def call_main(capsys, main, *args):
 def trained(tmp_path_factory):
     """A short digits run (the bundled config, fewer epochs and batches)."""
     run_dir = tmp_path_factory.mktemp("fit") / "run"
-    result = run("fit", "--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=1",
-                 "trainer.limit_train_batches=5", "eval.plots=false", "eval.before_training=false",
-                 "trainer.enable_progress_bar=false")
+    result = run(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        "eval.plots=false",
+        "eval.before_training=false",
+        "trainer.enable_progress_bar=false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -50,8 +64,17 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_searching_the_exported_test_split_reproduces_recall_at_1(trained, tmp_path, capsys):
     out = tmp_path / "export"
-    result = run("embed", "--ckpt", trained / "checkpoints" / "last.ckpt", "--config", "digits.yaml",
-                 "--split", "test", "--output", out)
+    result = run(
+        "embed",
+        "--ckpt",
+        trained / "checkpoints" / "last.ckpt",
+        "--config",
+        "digits.yaml",
+        "--split",
+        "test",
+        "--output",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     index = ExportedIndex.load(out)
     meta = json.loads((out / "meta.json").read_text())

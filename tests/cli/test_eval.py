@@ -1,5 +1,6 @@
 """plm-eval as a user runs it (a subprocess): saved embeddings (.npz), query/gallery mode, and --ckpt mode on a
 checkpoint that plm-fit wrote, whose numbers must equal the training-time evaluation exactly."""
+
 import json
 import os
 import pickle
@@ -23,8 +24,14 @@ def _env():
 
 
 def run_eval(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.eval", *map(str, args)], capture_output=True,
-                          text=True, env=_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def call_main(capsys, *args):
@@ -39,8 +46,14 @@ def call_main(capsys, *args):
 
 
 def run_fit(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", *map(str, args)], capture_output=True,
-                          text=True, env=_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.fit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def one_error_line(result):
@@ -68,6 +81,7 @@ def reference(emb, labels, ks=(1, 2, 4, 8), **options):
 
 # --- the same-set protocol on saved embeddings ------------------------------------------------------------------------
 
+
 def test_npz_equals_evaluate_embeddings_and_writes_output(tmp_path):
     emb, labels = make_data()
     np.savez(tmp_path / "emb.npz", embeddings=emb, labels=labels)
@@ -86,8 +100,9 @@ def test_npz_options(tmp_path, capsys):
     emb, labels = make_data(seed=5)
     names = np.array([f"class-{i:02d}" for i in labels])  # a plain unicode array, no pickle needed
     np.savez(tmp_path / "emb.npz", embeddings=emb.astype(np.float64), labels=names)
-    rc, out, err = call_main(capsys, tmp_path / "emb.npz", "--no-normalize", "--backend", "torch", "--no-nmi",
-                             "--k", "5,1")
+    rc, out, err = call_main(
+        capsys, tmp_path / "emb.npz", "--no-normalize", "--backend", "torch", "--no-nmi", "--k", "5,1"
+    )
     assert rc == 0, err
     expected = reference(emb, labels, (1, 5), normalize=False, backend="torch", compute_nmi=False)
     assert json.loads(out) == expected and list(expected) == ["R@1", "R@5", "MAP@R", "R-precision"]
@@ -121,6 +136,7 @@ def test_all_singletons_give_null_map_r(tmp_path, capsys):
 
 # --- errors: one line, exit code 2, naming the file and the array ---------------------------------------------------
 
+
 def _write(tmp_path, name, **arrays):
     path = tmp_path / name
     np.savez(path, **arrays)
@@ -130,28 +146,31 @@ def _write(tmp_path, name, **arrays):
 E, L = make_data()
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", ["missing.npz", "file not found"]),
-    ("empty", ["empty.npz", "empty"]),
-    ("no_rows", ["no_rows.npz", "'embeddings'", "no rows"]),
-    ("no_embeddings", ["no_embeddings.npz", "'embeddings'", "'labels'"]),
-    ("no_labels", ["no_labels.npz", "no array 'labels'"]),
-    ("length", ["length.npz", "72 rows", "'labels' has 71"]),
-    ("not_2d", ["not_2d.npz", "'embeddings' must be 2-D", "(72, 2, 4)"]),
-    ("nan", ["nan.npz", "3 of 72 rows with NaN or inf", "row 5"]),
-    ("object_labels", ["object_labels.npz", "'labels'", "pickle"]),
-    ("pickle_file", ["pickle_file.npz", "pickle"]),
-    ("npy_file", ["npy_file.npy", ".npz archive"]),
-    ("bad_k", ["--k", "'1,two'"]),
-    ("zero_k", ["--k", "'0,1'"]),
-    ("k_too_big", ["--k", "K=100", "71 other items"]),
-    ("qg_without_masks", ["qg_without_masks.npz", "'is_query'", "--query-gallery"]),
-    ("qg_non_bool_mask", ["qg_non_bool_mask.npz", "'is_gallery'", "boolean"]),
-    ("qg_overlap", ["qg_overlap.npz", "overlap in 2 rows"]),
-    ("two_files", ["one EMBEDDINGS.npz at a time"]),
-    ("ckpt_missing", ["--ckpt", "nope.ckpt", "not found"]),
-    ("ckpt_without_config", ["--ckpt needs --config"]),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", ["missing.npz", "file not found"]),
+        ("empty", ["empty.npz", "empty"]),
+        ("no_rows", ["no_rows.npz", "'embeddings'", "no rows"]),
+        ("no_embeddings", ["no_embeddings.npz", "'embeddings'", "'labels'"]),
+        ("no_labels", ["no_labels.npz", "no array 'labels'"]),
+        ("length", ["length.npz", "72 rows", "'labels' has 71"]),
+        ("not_2d", ["not_2d.npz", "'embeddings' must be 2-D", "(72, 2, 4)"]),
+        ("nan", ["nan.npz", "3 of 72 rows with NaN or inf", "row 5"]),
+        ("object_labels", ["object_labels.npz", "'labels'", "pickle"]),
+        ("pickle_file", ["pickle_file.npz", "pickle"]),
+        ("npy_file", ["npy_file.npy", ".npz archive"]),
+        ("bad_k", ["--k", "'1,two'"]),
+        ("zero_k", ["--k", "'0,1'"]),
+        ("k_too_big", ["--k", "K=100", "71 other items"]),
+        ("qg_without_masks", ["qg_without_masks.npz", "'is_query'", "--query-gallery"]),
+        ("qg_non_bool_mask", ["qg_non_bool_mask.npz", "'is_gallery'", "boolean"]),
+        ("qg_overlap", ["qg_overlap.npz", "overlap in 2 rows"]),
+        ("two_files", ["one EMBEDDINGS.npz at a time"]),
+        ("ckpt_missing", ["--ckpt", "nope.ckpt", "not found"]),
+        ("ckpt_without_config", ["--ckpt needs --config"]),
+    ],
+)
 def test_input_errors(tmp_path, case, expected):
     args = []
     if case == "missing":
@@ -191,14 +210,17 @@ def test_input_errors(tmp_path, case, expected):
         args = [_write(tmp_path, "qg_without_masks.npz", embeddings=E, labels=L), "--query-gallery"]
     elif case == "qg_non_bool_mask":
         q = np.arange(72) % 2 == 0
-        args = [_write(tmp_path, "qg_non_bool_mask.npz", embeddings=E, labels=L, is_query=q,
-                       is_gallery=(~q).astype(np.int64)), "--query-gallery"]
+        args = [
+            _write(
+                tmp_path, "qg_non_bool_mask.npz", embeddings=E, labels=L, is_query=q, is_gallery=(~q).astype(np.int64)
+            ),
+            "--query-gallery",
+        ]
     elif case == "qg_overlap":
         q = np.arange(72) % 2 == 0
         g = ~q
         g[[0, 2]] = True
-        args = [_write(tmp_path, "qg_overlap.npz", embeddings=E, labels=L, is_query=q, is_gallery=g),
-                "--query-gallery"]
+        args = [_write(tmp_path, "qg_overlap.npz", embeddings=E, labels=L, is_query=q, is_gallery=g), "--query-gallery"]
     elif case == "two_files":
         a = _write(tmp_path, "a.npz", embeddings=E, labels=L)
         args = [a, a]
@@ -215,6 +237,7 @@ def test_input_errors(tmp_path, case, expected):
 
 # --- query / gallery ------------------------------------------------------------------------------------------------
 
+
 def brute_force_query_gallery(q, ql, g, gl, ks):
     """Hit rate and MAP@R by a full float64 sort by (distance, gallery index) on L2-normalised vectors."""
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -224,7 +247,7 @@ def brute_force_query_gallery(q, ql, g, gl, ks):
     rel = gl[order] == ql[:, None]
     out = {f"R@{k}": 100.0 * rel[:, :k].any(1).mean() for k in ks}
     r = (gl[None, :] == ql[:, None]).sum(1)
-    aps = [sum(rel[i, :j + 1].sum() / (j + 1) for j in range(r[i]) if rel[i, j]) / r[i] for i in range(len(q)) if r[i]]
+    aps = [sum(rel[i, : j + 1].sum() / (j + 1) for j in range(r[i]) if rel[i, j]) / r[i] for i in range(len(q)) if r[i]]
     out["MAP@R"] = 100.0 * float(np.mean(aps))
     return out
 
@@ -245,11 +268,17 @@ def test_query_gallery_mode(tmp_path, capsys):
     metrics = json.loads(result.stdout)
 
     expected = evaluate_query_gallery(
-        torch.from_numpy(emb[is_query]), torch.from_numpy(labels[is_query]), torch.from_numpy(emb[is_gallery]),
-        torch.from_numpy(labels[is_gallery]), [1, 2, 4, 8], compute_nmi=False)
+        torch.from_numpy(emb[is_query]),
+        torch.from_numpy(labels[is_query]),
+        torch.from_numpy(emb[is_gallery]),
+        torch.from_numpy(labels[is_gallery]),
+        [1, 2, 4, 8],
+        compute_nmi=False,
+    )
     assert metrics == expected
-    brute = brute_force_query_gallery(emb[is_query], labels[is_query], emb[is_gallery], labels[is_gallery],
-                                      [1, 2, 4, 8])
+    brute = brute_force_query_gallery(
+        emb[is_query], labels[is_query], emb[is_gallery], labels[is_gallery], [1, 2, 4, 8]
+    )
     for key, value in brute.items():
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
     assert "2 of 30 queries have no item of their class in the gallery" in result.stderr
@@ -269,11 +298,19 @@ def test_console_script_is_installed():
 
 # --- a checkpoint written by plm-fit ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("eval_fit") / "run"
-    result = run_fit("--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=1",
-                     "trainer.limit_train_batches=2", "eval.before_training=false", cwd=run_dir.parent)
+    result = run_fit(
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "eval.before_training=false",
+        cwd=run_dir.parent,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -282,8 +319,9 @@ def digits_run(tmp_path_factory):
 def test_ckpt_mode_reproduces_the_training_time_evaluation(digits_run, tmp_path):
     final = json.loads((digits_run / "metrics.json").read_text())["final"]
     out = tmp_path / "ckpt_metrics.json"
-    result = run_eval("--ckpt", digits_run / "checkpoints" / "last.ckpt", "--config", "digits.yaml", "--output", out,
-                      cwd=tmp_path)
+    result = run_eval(
+        "--ckpt", digits_run / "checkpoints" / "last.ckpt", "--config", "digits.yaml", "--output", out, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     assert set(metrics) == METRIC_KEYS  # K from the config's eval.ks
@@ -295,8 +333,20 @@ def test_ckpt_mode_reproduces_the_training_time_evaluation(digits_run, tmp_path)
 @pytest.mark.slow
 def test_ckpt_mode_options_and_a_config_that_does_not_fit(digits_run, tmp_path, capsys):
     ckpt = digits_run / "checkpoints" / "last.ckpt"
-    rc, out, err = call_main(capsys, "--ckpt", ckpt, "--config", digits_run / "config.yaml", "--split", "train",
-                             "--k", "1,3", "--no-nmi", "--backend", "torch")
+    rc, out, err = call_main(
+        capsys,
+        "--ckpt",
+        ckpt,
+        "--config",
+        digits_run / "config.yaml",
+        "--split",
+        "train",
+        "--k",
+        "1,3",
+        "--no-nmi",
+        "--backend",
+        "torch",
+    )
     assert rc == 0, err
     assert set(json.loads(out)) == {"R@1", "R@3", "MAP@R", "R-precision"}
 

@@ -1,10 +1,10 @@
 """plm-fit end to end on the embedded digits, as a user runs it (a subprocess, the real config, small overrides)."""
+
 import csv
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +16,14 @@ def run_fit(*args, cwd=None, env_extra=None):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.fit", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_unknown_key_exits_2_with_one_line_naming_the_key(tmp_path):
@@ -38,8 +44,15 @@ def test_print_config_from_another_folder(tmp_path):
 @pytest.mark.slow
 def test_fit_on_digits_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_fit("--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=2",
-                     "trainer.limit_train_batches=3", "logger.wandb=true", "method.num_proxies=10")
+    result = run_fit(
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "logger.wandb=true",
+        "method.num_proxies=10",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -71,14 +84,24 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ablation", [
-    ["method.similarity=kmeans", "method.binary_threshold=0.5"],
-    ["method.subset_selection=false", "method.n_beta=0", "method.num_proxies=0", "method.proxy_init=random"],
-])
+@pytest.mark.parametrize(
+    "ablation",
+    [
+        ["method.similarity=kmeans", "method.binary_threshold=0.5"],
+        ["method.subset_selection=false", "method.n_beta=0", "method.num_proxies=0", "method.proxy_init=random"],
+    ],
+)
 def test_ablations_train_through_the_same_path(tmp_path, ablation):
     run_dir = tmp_path / "run"
-    result = run_fit("--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=1",
-                     "trainer.limit_train_batches=2", "eval.before_training=false", *ablation)
+    result = run_fit(
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "eval.before_training=false",
+        *ablation,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["initial"] is None and set(metrics["final"]) == METRIC_KEYS
@@ -92,8 +115,15 @@ def test_ablations_train_through_the_same_path(tmp_path, ablation):
 def test_reduced_precision_trains_on_cpu(tmp_path, precision):
     # bf16-true makes every parameter bf16: QR of the proxy pieces and the loss must still run (in float32).
     run_dir = tmp_path / "run"
-    result = run_fit("--config", "synthetic.yaml", f"run.dir={run_dir}", f"trainer.precision={precision}",
-                     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger.csv=false")
+    result = run_fit(
+        "--config",
+        "synthetic.yaml",
+        f"run.dir={run_dir}",
+        f"trainer.precision={precision}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "logger.csv=false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["final"]["R@1"] <= 100

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped after one epoch and continued with resume=auto ends bitwise where an uninterrupted
 run ends (deterministic mode, CPU): the same metrics history and the same student, teacher and proxies."""
+
 import csv
 import json
 import os
@@ -13,11 +14,19 @@ import torch
 def run_fit(*args):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
-COMMON = ["--config", "digits.yaml", "trainer.deterministic=true", "trainer.max_epochs=3",
-          "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false"]
+
+COMMON = [
+    "--config",
+    "digits.yaml",
+    "trainer.deterministic=true",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=4",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def _final_state(run_dir):
@@ -25,10 +34,14 @@ def _final_state(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [
-    [],  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
-    ["data.refresh_every=2", "logger.csv=false"],  # resumed mid-interval: the table comes from the checkpoint
-], ids=["refresh_every_epoch", "refresh_every_2"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
+        ["data.refresh_every=2", "logger.csv=false"],  # resumed mid-interval: the table comes from the checkpoint
+    ],
+    ids=["refresh_every_epoch", "refresh_every_2"],
+)
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     common = [*COMMON, *extra]
@@ -55,8 +68,13 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
 
     if "logger.csv=false" not in extra:  # the resumed run appends to the stopped run's metrics.csv
         timing = ("train/images_per_sec", "train/data_wait_fraction")  # wall-clock measurements differ by nature
-        rows_a, rows_b = ([{k: v for k, v in row.items() if k not in timing}
-                           for row in csv.DictReader((d / "logs" / "metrics.csv").open())] for d in (a, b))
+        rows_a, rows_b = (
+            [
+                {k: v for k, v in row.items() if k not in timing}
+                for row in csv.DictReader((d / "logs" / "metrics.csv").open())
+            ]
+            for d in (a, b)
+        )
         assert len(rows_a) > 0 and rows_b == rows_a
 
     ca, cb = _final_state(a), _final_state(b)

@@ -1,4 +1,5 @@
 """plm-slurm's batch script and its refusals, without SLURM: --dry-run prints the script and writes nothing."""
+
 import re
 import shlex
 
@@ -20,17 +21,44 @@ def test_dry_run_prints_a_requeueable_gpu_script_and_writes_nothing(capsys, tmp_
     monkeypatch.setenv("PLM_DATA", "/data/sets")
     monkeypatch.setenv("PLM_SECRET_TOKEN", "secret-token-456")
     monkeypatch.delenv("PLM_RUN_DIR", raising=False)
-    code, out, err = dry_run(capsys, "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--account", "lab",
-                             "--cpus-per-task", "8", "--mem", "64G", "trainer.accelerator=gpu", "run.dir=runs/x",
-                             "optim.lr=3e-4")
+    code, out, err = dry_run(
+        capsys,
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--partition",
+        "gpu",
+        "--account",
+        "lab",
+        "--cpus-per-task",
+        "8",
+        "--mem",
+        "64G",
+        "trainer.accelerator=gpu",
+        "run.dir=runs/x",
+        "optim.lr=3e-4",
+    )
     assert code == 0, err
     run_dir = (tmp_path / "runs" / "x").resolve()
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", out, re.M))
     assert directives == {
-        "job-name": "x", "nodes": "2", "ntasks-per-node": "4", "gres": "gpu:4", "cpus-per-task": "8", "mem": "64G",
-        "time": "02:00:00", "partition": "gpu", "account": "lab", "signal": "SIGUSR1@90", "requeue": "",
-        "open-mode": "append", "output": f"{run_dir}/slurm/%j.out", "error": f"{run_dir}/slurm/%j.out",
-        "chdir": str(tmp_path)}
+        "job-name": "x",
+        "nodes": "2",
+        "ntasks-per-node": "4",
+        "gres": "gpu:4",
+        "cpus-per-task": "8",
+        "mem": "64G",
+        "time": "02:00:00",
+        "partition": "gpu",
+        "account": "lab",
+        "signal": "SIGUSR1@90",
+        "requeue": "",
+        "open-mode": "append",
+        "output": f"{run_dir}/slurm/%j.out",
+        "error": f"{run_dir}/slurm/%j.out",
+        "chdir": str(tmp_path),
+    }
     assert "--ntasks=" not in out  # Lightning detects SLURM by --ntasks-per-node
     last = out.strip().splitlines()[-1]
     words = shlex.split(last)
@@ -60,8 +88,19 @@ def test_submission_writes_config_and_script_then_calls_sbatch(capsys, tmp_path,
     (fake / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
-    code = slurm.main(["--config", "digits.yaml", "--time", "1-00:00:00", "--cpu-tasks-per-node", "2",
-                       "run.dir=r", "trainer.max_epochs=2", "resume=auto"])
+    code = slurm.main(
+        [
+            "--config",
+            "digits.yaml",
+            "--time",
+            "1-00:00:00",
+            "--cpu-tasks-per-node",
+            "2",
+            "run.dir=r",
+            "trainer.max_epochs=2",
+            "resume=auto",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     run_dir = tmp_path / "r"
@@ -74,21 +113,28 @@ def test_submission_writes_config_and_script_then_calls_sbatch(capsys, tmp_path,
     assert cfg.trainer.accelerator == "cpu" and cfg.run.dir == str(run_dir) and cfg.resume is None
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpus-per-node", "2", "trainer.accelerator=gpu", "trainer.devices=4"],
-     "trainer.devices=4 in the config contradicts --gpus-per-node 2"),
-    (["--gpus-per-node", "2", "--nodes", "2", "trainer.accelerator=gpu", "trainer.num_nodes=3"],
-     "trainer.num_nodes=3 in the config contradicts --nodes 2"),
-    (["--gpus-per-node", "2"], "trainer.accelerator=cpu in the config contradicts --gpus-per-node"),  # digits.yaml
-    (["--cpu-tasks-per-node", "2", "trainer.accelerator=gpu"], "contradicts --cpu-tasks-per-node"),
-    (["--gpus-per-node", "0", "trainer.accelerator=gpu"], "--gpus-per-node must be at least 1"),
-    (["--cpu-tasks-per-node", "1", "--time", "90"], "--time '90' is not HH:MM:SS"),
-    (["--cpu-tasks-per-node", "1", "--time", "1:75:00"], "minutes or seconds over 59"),
-    (["--cpu-tasks-per-node", "1", "--time", "00:01:00"], "not longer than --signal-lead 90"),
-    (["--cpu-tasks-per-node", "1", "--partition", "gpu\n#SBATCH --x"], "--partition"),
-    (["--cpu-tasks-per-node", "1", "--mem", "lots"], "--mem 'lots'"),
-    (["--cpu-tasks-per-node", "1", "trainer.max_epoch=3"], "unknown config key 'trainer.max_epoch'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--gpus-per-node", "2", "trainer.accelerator=gpu", "trainer.devices=4"],
+            "trainer.devices=4 in the config contradicts --gpus-per-node 2",
+        ),
+        (
+            ["--gpus-per-node", "2", "--nodes", "2", "trainer.accelerator=gpu", "trainer.num_nodes=3"],
+            "trainer.num_nodes=3 in the config contradicts --nodes 2",
+        ),
+        (["--gpus-per-node", "2"], "trainer.accelerator=cpu in the config contradicts --gpus-per-node"),  # digits.yaml
+        (["--cpu-tasks-per-node", "2", "trainer.accelerator=gpu"], "contradicts --cpu-tasks-per-node"),
+        (["--gpus-per-node", "0", "trainer.accelerator=gpu"], "--gpus-per-node must be at least 1"),
+        (["--cpu-tasks-per-node", "1", "--time", "90"], "--time '90' is not HH:MM:SS"),
+        (["--cpu-tasks-per-node", "1", "--time", "1:75:00"], "minutes or seconds over 59"),
+        (["--cpu-tasks-per-node", "1", "--time", "00:01:00"], "not longer than --signal-lead 90"),
+        (["--cpu-tasks-per-node", "1", "--partition", "gpu\n#SBATCH --x"], "--partition"),
+        (["--cpu-tasks-per-node", "1", "--mem", "lots"], "--mem 'lots'"),
+        (["--cpu-tasks-per-node", "1", "trainer.max_epoch=3"], "unknown config key 'trainer.max_epoch'"),
+    ],
+)
 def test_inconsistent_requests_are_refused_in_one_line(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     code = slurm.main(["--config", "digits.yaml", "--time", "02:00:00", *args])  # not a dry run: must write nothing

@@ -1,4 +1,5 @@
 """The typed config: bundled configs, the three override formats, and one-line errors for bad input."""
+
 import pytest
 import yaml
 
@@ -14,12 +15,15 @@ def test_every_bundled_config_loads():
             assert cfg.data.name == "digits"
 
 
-@pytest.mark.parametrize("args", [
-    ["optim.lr=0.5", "method.tau=0.25"],
-    ["--optim.lr=0.5", "--method.tau=0.25"],
-    ["--optim.lr", "0.5", "--method.tau", "0.25"],
-    ["--optim.lr", "0.5", "method.tau=0.25"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["optim.lr=0.5", "method.tau=0.25"],
+        ["--optim.lr=0.5", "--method.tau=0.25"],
+        ["--optim.lr", "0.5", "--method.tau", "0.25"],
+        ["--optim.lr", "0.5", "method.tau=0.25"],
+    ],
+)
 def test_override_formats_are_equivalent(args):
     cfg = load_config("digits.yaml", args)
     assert cfg.optim.lr == 0.5 and cfg.method.tau == 0.25
@@ -27,8 +31,9 @@ def test_override_formats_are_equivalent(args):
 
 def test_wandb_agent_values():
     # The W&B agent writes Python str() values: None, True, 1e-05, [1, 2].
-    cfg = load_config("digits", ["--method.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05",
-                                 "--eval.ks=[1, 2]"])
+    cfg = load_config(
+        "digits", ["--method.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05", "--eval.ks=[1, 2]"]
+    )
     assert cfg.method.max_candidates is None
     assert cfg.data.augment is False
     assert cfg.optim.lr == pytest.approx(1e-5)
@@ -37,25 +42,31 @@ def test_wandb_agent_values():
 
 def test_yaml_file_by_path(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump({"data": {"name": "digits"}, "model": {"backbone": "small_cnn",
-                                    "pretrained": False}, "optim": {"lr": 0.01}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"data": {"name": "digits"}, "model": {"backbone": "small_cnn", "pretrained": False}, "optim": {"lr": 0.01}}
+        )
+    )
     assert load_config(str(path)).optim.lr == 0.01
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["optim.lrr=0.1"], "'optim.lrr'"),
-    (["optim.lr=abc"], "'optim.lr'"),
-    (["optim.lr=-1"], "'optim.lr'"),
-    (["data.batch_size=61"], "divisible by data.neighbours_per_seed"),
-    (["data.name=digitz"], "did you mean 'digits'"),
-    (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
-    (["trainer.precision=fp8"], "'trainer.precision'"),
-    (["method.ema_momentum=1.0"], "'method.ema_momentum'"),
-    (["eval.ks=[4, 1]"], "'eval.ks'"),
-    (["model.pretrained=true"], "'model.pretrained'"),
-    (["--optim.lr"], "has no value"),
-    (["lr"], "cannot parse override"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["optim.lrr=0.1"], "'optim.lrr'"),
+        (["optim.lr=abc"], "'optim.lr'"),
+        (["optim.lr=-1"], "'optim.lr'"),
+        (["data.batch_size=61"], "divisible by data.neighbours_per_seed"),
+        (["data.name=digitz"], "did you mean 'digits'"),
+        (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
+        (["trainer.precision=fp8"], "'trainer.precision'"),
+        (["method.ema_momentum=1.0"], "'method.ema_momentum'"),
+        (["eval.ks=[4, 1]"], "'eval.ks'"),
+        (["model.pretrained=true"], "'model.pretrained'"),
+        (["--optim.lr"], "has no value"),
+        (["lr"], "cannot parse override"),
+    ],
+)
 def test_bad_values_give_one_line_errors(args, fragment):
     with pytest.raises(ConfigError) as info:
         load_config("digits.yaml", args)
@@ -92,9 +103,11 @@ def test_resume_and_stop_after_epochs(tmp_path):
     ckpt.write_bytes(b"")
     assert load_config("digits.yaml", [f"resume={ckpt}"]).resume == str(ckpt)
     assert load_config("digits.yaml", ["trainer.stop_after_epochs=2"]).trainer.stop_after_epochs == 2
-    for args, fragment in [(["resume=auto"], "needs run.dir"),
-                           ([f"resume={tmp_path / 'missing.ckpt'}"], "does not exist"),
-                           (["trainer.stop_after_epochs=0"], "trainer.stop_after_epochs")]:
+    for args, fragment in [
+        (["resume=auto"], "needs run.dir"),
+        ([f"resume={tmp_path / 'missing.ckpt'}"], "does not exist"),
+        (["trainer.stop_after_epochs=0"], "trainer.stop_after_epochs"),
+    ]:
         with pytest.raises(ConfigError, match=fragment) as info:
             load_config("digits.yaml", args)
         assert "\n" not in str(info.value)

@@ -1,6 +1,7 @@
 """The bundled paper configs (cub/cars/sop googlenet 128 + 512, inshop resnet50, folder resnet50): they hold the
 paper's settings, validate against miniature trees in the official layouts, refuse a missing root with the prepare
 command, and run 2 training steps end to end through plm-fit (model.pretrained=false, small images)."""
+
 import json
 import sys
 from importlib import resources
@@ -16,8 +17,13 @@ from runner import run_cli  # noqa: E402
 from trees import make_cars_tree, make_cub_tree, make_folder_tree, make_inshop_tree, make_sop_tree  # noqa: E402
 
 CONFIGS = Path(str(resources.files("plm_lightning") / "configs"))
-TREES = {"cub": make_cub_tree, "cars196": make_cars_tree, "sop": make_sop_tree, "inshop": make_inshop_tree,
-         "folder": make_folder_tree}
+TREES = {
+    "cub": make_cub_tree,
+    "cars196": make_cars_tree,
+    "sop": make_sop_tree,
+    "inshop": make_inshop_tree,
+    "folder": make_folder_tree,
+}
 # config -> (dataset, backbone, embedding size, K list, the paper's R@1 target in the header comment or None)
 PAPER = {
     "cub_googlenet": ("cub", "googlenet", 128, [1, 2, 4, 8], "60.6"),
@@ -29,10 +35,23 @@ PAPER = {
     "inshop_resnet50": ("inshop", "resnet50", 512, [1, 10, 20, 30, 40, 50], None),
     "folder_resnet50": ("folder", "resnet50", 512, [1, 2, 4, 8], None),
 }
-SMALL = ["data.check_counts=false", "model.pretrained=false", "data.image_size=32", "data.resize=36",
-         "data.batch_size=6", "data.neighbours_per_seed=2", "data.eval_batch_size=8", "data.num_workers=0",
-         "method.num_proxies=4", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-         "eval.nmi=false", "eval.ks=[1,2]", "eval.plots=false"]
+SMALL = [
+    "data.check_counts=false",
+    "model.pretrained=false",
+    "data.image_size=32",
+    "data.resize=36",
+    "data.batch_size=6",
+    "data.neighbours_per_seed=2",
+    "data.eval_batch_size=8",
+    "data.num_workers=0",
+    "method.num_proxies=4",
+    "trainer.max_steps=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "eval.nmi=false",
+    "eval.ks=[1,2]",
+    "eval.plots=false",
+]
 
 
 def tree(name: str, tmp_path: Path) -> Path:
@@ -43,8 +62,12 @@ def tree(name: str, tmp_path: Path) -> Path:
 def test_config_holds_the_settings_and_validates_on_a_miniature_tree(config, tmp_path):
     dataset, backbone, dim, ks, target = PAPER[config]
     cfg = load_config(f"{config}.yaml", [f"data.root={tree(dataset, tmp_path)}"])
-    assert (cfg.data.name, cfg.model.backbone, cfg.model.embedding_dim, list(cfg.eval.ks)) == (dataset, backbone, dim,
-                                                                                                  ks)
+    assert (cfg.data.name, cfg.model.backbone, cfg.model.embedding_dim, list(cfg.eval.ks)) == (
+        dataset,
+        backbone,
+        dim,
+        ks,
+    )
     assert cfg.model.pretrained and cfg.data.check_counts  # the real runs: ImageNet weights, official counts
     assert cfg.data.num_workers > 0  # images stream from disk through worker processes
     header = (CONFIGS / f"{config}.yaml").read_text().split("\ndata:")[0]
@@ -91,16 +114,31 @@ def test_two_training_steps_end_to_end(config, tmp_path):
     if dataset == "inshop":
         # Query -> gallery evaluation: plm-eval on the checkpoint gives exactly the run's numbers.
         out = tmp_path / "eval.json"
-        ev = run_cli("eval", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--config",
-                     str(run_dir / "config.yaml"), "--output", str(out))
+        ev = run_cli(
+            "eval",
+            "--ckpt",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--output",
+            str(out),
+        )
         assert ev.returncode == 0, ev.stderr
         assert json.loads(out.read_text()) == pytest.approx({k: v for k, v in metrics["final"].items()}, abs=1e-9)
 
 
 def test_a_training_split_smaller_than_one_batch_exits_2_naming_the_batch_size(tmp_path):
     root = tree("cub", tmp_path)  # 6 training images, the config's batch is 120
-    result = run_cli("fit", "--config", "cub_googlenet.yaml", f"data.root={root}", "data.check_counts=false",
-                     "model.pretrained=false", "trainer.accelerator=cpu", f"run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        "fit",
+        "--config",
+        "cub_googlenet.yaml",
+        f"data.root={root}",
+        "data.check_counts=false",
+        "model.pretrained=false",
+        "trainer.accelerator=cpu",
+        f"run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("plm-fit: error:") and "data.batch_size=120" in last and "6 images" in last

@@ -1,5 +1,5 @@
 """W&B sweep files: every parameter is a config key, and plm-fit accepts the agent's exact argument format."""
-import itertools
+
 import json
 import os
 import subprocess
@@ -53,10 +53,17 @@ def test_sweep_format_and_every_value_is_a_valid_config(path):
 def test_agent_formatted_arguments_reach_the_config(path, tmp_path):
     sweep = yaml.safe_load(path.read_text())
     combo = {name: sample_values(spec)[-1] for name, spec in sweep["parameters"].items()}
-    command = [sys.executable, "-m", "plm_lightning.cli.fit",
-               *sweep["command"][sweep["command"].index("--config"):-1], *agent_args(combo), "--print-config"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, WANDB_MODE="disabled"))
+    command = [
+        sys.executable,
+        "-m",
+        "plm_lightning.cli.fit",
+        *sweep["command"][sweep["command"].index("--config") : -1],
+        *agent_args(combo),
+        "--print-config",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=dict(os.environ, WANDB_MODE="disabled")
+    )
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     for name, value in combo.items():
@@ -71,11 +78,19 @@ def test_a_sweep_run_trains_with_agent_arguments(tmp_path):
     sweep = yaml.safe_load(SWEEPS[0].read_text())
     combo = {name: sample_values(spec)[0] for name, spec in sweep["parameters"].items()}
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "plm_lightning.cli.fit",
-               *sweep["command"][sweep["command"].index("--config"):-1], *agent_args(combo),
-               f"--run.dir={run_dir}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, WANDB_MODE="offline"))
+    command = [
+        sys.executable,
+        "-m",
+        "plm_lightning.cli.fit",
+        *sweep["command"][sweep["command"].index("--config") : -1],
+        *agent_args(combo),
+        f"--run.dir={run_dir}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=dict(os.environ, WANDB_MODE="offline")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best"]["R@1"] >= 0

@@ -1,9 +1,11 @@
 """CUB, Cars196, SOP, In-Shop read from miniature trees in the official layouts: splits, labels, query/gallery,
 count and file checks, unreadable images, the $PLM_DATA default root."""
+
 import logging
 
 import pytest
 import torch
+from trees import make_cars_tree, make_cub_tree, make_inshop_tree, make_sop_tree, truncate_image
 
 from plm_lightning.data.base import DatasetError
 from plm_lightning.data.cars196 import Cars196Dataset
@@ -12,11 +14,14 @@ from plm_lightning.data.images import UnreadableImageError
 from plm_lightning.data.inshop import InShopDataset
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.sop import SOPDataset
-from trees import make_cars_tree, make_cub_tree, make_inshop_tree, make_sop_tree, truncate_image
 
 TREES = {"cub": make_cub_tree, "cars196": make_cars_tree, "sop": make_sop_tree, "inshop": make_inshop_tree}
-IDS = {"cub": ([1, 2], [101, 102]), "cars196": ([1, 2], [99, 100]), "sop": ([1, 2], [11319, 11320]),
-       "inshop": ([1, 2], [3, 4])}
+IDS = {
+    "cub": ([1, 2], [101, 102]),
+    "cars196": ([1, 2], [99, 100]),
+    "sop": ([1, 2], [11319, 11320]),
+    "inshop": ([1, 2], [3, 4]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,11 @@ def trees(tmp_path_factory):
 
 def test_registered():
     assert (DATASETS["cub"], DATASETS["cars196"], DATASETS["sop"], DATASETS["inshop"]) == (
-        CUBDataset, Cars196Dataset, SOPDataset, InShopDataset)
+        CUBDataset,
+        Cars196Dataset,
+        SOPDataset,
+        InShopDataset,
+    )
 
 
 @pytest.mark.parametrize("name", TREES)
@@ -76,12 +85,15 @@ def test_count_message_for_cub(trees):
         InShopDataset("test", root=trees["inshop"])
 
 
-@pytest.mark.parametrize("name, victims", [
-    ("cub", ["images/001.Bird_1/Bird_1_0001_2.jpg", "images/002.Bird_2/Bird_2_0000_4.jpg"]),
-    ("cars196", ["car_ims/000002.jpg"]),
-    ("sop", ["bicycle_final/111085122872_0.JPG"]),
-    ("inshop", ["img/WOMEN/Dresses/id_00000001/01_2_side.jpg"]),
-])
+@pytest.mark.parametrize(
+    "name, victims",
+    [
+        ("cub", ["images/001.Bird_1/Bird_1_0001_2.jpg", "images/002.Bird_2/Bird_2_0000_4.jpg"]),
+        ("cars196", ["car_ims/000002.jpg"]),
+        ("sop", ["bicycle_final/111085122872_0.JPG"]),
+        ("inshop", ["img/WOMEN/Dresses/id_00000001/01_2_side.jpg"]),
+    ],
+)
 def test_missing_listed_files_are_counted_and_named(tmp_path, name, victims):
     root = TREES[name](tmp_path / name)
     for v in victims:
@@ -107,8 +119,9 @@ def test_many_missing_files_show_the_first_few(tmp_path):
 
 @pytest.mark.parametrize("name", TREES)
 def test_missing_metadata_or_root(tmp_path, name):
-    with pytest.raises(DatasetError, match=f"does not exist; download and prepare the dataset with: plm-data prepare "
-                                           f"{name} --root"):
+    with pytest.raises(
+        DatasetError, match=f"does not exist; download and prepare the dataset with: plm-data prepare {name} --root"
+    ):
         DATASETS[name]("train", root=tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="missing"):
@@ -136,11 +149,15 @@ def test_cars_fields_are_read_by_name(tmp_path):
     # The same annotations with the fields in another order: still read correctly.
     names = list(reversed(ann.dtype.names))
     shuffled = ann[names]
-    savemat(str(root / "cars_annos.mat"), {"annotations": shuffled.astype([(n, "O") for n in names]),
-                                           "class_names": mat["class_names"]})
+    savemat(
+        str(root / "cars_annos.mat"),
+        {"annotations": shuffled.astype([(n, "O") for n in names]), "class_names": mat["class_names"]},
+    )
     assert Cars196Dataset("test", root=root, check_counts=False).class_ids == [99, 100]
-    savemat(str(root / "cars_annos.mat"), {"annotations": ann[["relative_im_path", "test"]].astype(
-        [("relative_im_path", "O"), ("test", "O")])})
+    savemat(
+        str(root / "cars_annos.mat"),
+        {"annotations": ann[["relative_im_path", "test"]].astype([("relative_im_path", "O"), ("test", "O")])},
+    )
     with pytest.raises(DatasetError, match="'annotations' has no field class"):
         Cars196Dataset("test", root=root, check_counts=False)
     (root / "cars_annos.mat").write_bytes(b"garbage")

@@ -1,8 +1,9 @@
 """Config validation of the data keys: one-line errors before any work starts, naming the folder and the fix."""
+
 import pytest
+from trees import make_cub_tree, make_folder_tree
 
 from plm_lightning.config import ConfigError, load_config
-from trees import make_cub_tree, make_folder_tree
 
 BASE = ["model.backbone=small_cnn", "model.pretrained=false"]
 
@@ -18,8 +19,9 @@ def _error(args):
 def test_missing_root_names_the_prepare_command():
     message = _error(["data.name=cub", "data.root=/nonexistent"])
     assert "'data.root'" in message and "/nonexistent" in message
-    assert message.endswith("folder does not exist; download and prepare the dataset with: "
-                            "plm-data prepare cub --root /nonexistent)")
+    assert message.endswith(
+        "folder does not exist; download and prepare the dataset with: plm-data prepare cub --root /nonexistent)"
+    )
 
 
 def test_root_without_metadata(tmp_path):
@@ -48,8 +50,7 @@ def test_folder_class_lists_are_validated(tmp_path):
     load_config("digits.yaml", BASE + ["data.name=folder", f"data.root={root}", "data.train_classes=[ant, cat]"])
     message = _error(["data.name=folder", f"data.root={root}", "data.train_classes=[ant, zebra]"])
     assert "data.train_classes: no class folder named 'zebra'" in message
-    message = _error(["data.name=folder", f"data.root={root}", "data.train_classes=[ant]",
-                      "data.test_classes=[ant]"])
+    message = _error(["data.name=folder", f"data.root={root}", "data.train_classes=[ant]", "data.test_classes=[ant]"])
     assert "share 'ant'" in message
     message = _error(["data.train_classes=[ant]"])
     assert "'data.train_classes'" in message and "data.name=folder only" in message

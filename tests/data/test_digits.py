@@ -1,4 +1,5 @@
 """The embedded digits dataset: real sklearn digits, class-disjoint split, transforms for each backbone kind."""
+
 import torch
 
 from plm_lightning.data.digits import DigitsDataset
@@ -13,13 +14,15 @@ def test_class_disjoint_split():
 
 
 def test_items_and_transforms():
-    t = build_transform(augmentation="digits", train=True, augment=True, image_size=16, resize=16, in_channels=1,
-                        out_channels=3)
+    t = build_transform(
+        augmentation="digits", train=True, augment=True, image_size=16, resize=16, in_channels=1, out_channels=3
+    )
     image, label, index = DigitsDataset("test", transform=t)[7]
     assert image.shape == (3, 16, 16) and image.dtype == torch.float32
     assert index == 7 and 5 <= label <= 9
-    t = build_transform(augmentation="digits", train=False, augment=True, image_size=16, resize=16, in_channels=1,
-                        out_channels=1)
+    t = build_transform(
+        augmentation="digits", train=False, augment=True, image_size=16, resize=16, in_channels=1, out_channels=1
+    )
     a = DigitsDataset("train", transform=t)[0][0]
     assert torch.equal(a, DigitsDataset("train", transform=t)[0][0])  # eval transform is deterministic
     assert a.shape == (1, 16, 16)

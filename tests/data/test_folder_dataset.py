@@ -1,10 +1,11 @@
 """Users' own image folders: nested sub-folders, mixed formats, ._* and hidden entries ignored, class-disjoint
 split by fraction or by explicit class lists."""
+
 import pytest
+from trees import make_folder_tree, truncate_image
 
 from plm_lightning.data.base import DatasetError
 from plm_lightning.data.folder import ImageFolderDataset, split_classes
-from trees import make_folder_tree, truncate_image
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,15 @@ def test_explicit_class_lists(root):
     assert ImageFolderDataset("train", root=root, test_classes=["bee"]).class_names == ["ant", "cat", "dog"]
 
 
-@pytest.mark.parametrize("train, test, message", [
-    (["ant", "zebra"], [], r"data.train_classes: no class folder named 'zebra' \(classes: ant, bee, cat, dog\)"),
-    ([], ["Ant"], r"data.test_classes: no class folder named 'Ant'"),
-    (["ant", "bee"], ["bee"], r"share 'bee'; the splits must be class-disjoint"),
-    (["ant", "bee", "cat", "dog"], [], r"the test split would have no classes"),
-])
+@pytest.mark.parametrize(
+    "train, test, message",
+    [
+        (["ant", "zebra"], [], r"data.train_classes: no class folder named 'zebra' \(classes: ant, bee, cat, dog\)"),
+        ([], ["Ant"], r"data.test_classes: no class folder named 'Ant'"),
+        (["ant", "bee"], ["bee"], r"share 'bee'; the splits must be class-disjoint"),
+        (["ant", "bee", "cat", "dog"], [], r"the test split would have no classes"),
+    ],
+)
 def test_bad_class_lists(root, train, test, message):
     with pytest.raises(DatasetError, match=message):
         ImageFolderDataset("train", root=root, train_classes=train, test_classes=test)

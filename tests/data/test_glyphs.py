@@ -1,5 +1,6 @@
 """The glyphs benchmark's data: frozen class lists that the fonts reproduce, class-disjoint tasks and splits,
 images that are pure functions of (seed, task, class, image number), and config errors as one line."""
+
 import unicodedata
 
 import numpy as np
@@ -11,8 +12,12 @@ from plm_lightning.config import ConfigError, load_config
 from plm_lightning.data import glyphs
 from plm_lightning.data.glyphs import GlyphsDataset, derive_class_lists, has_diacritic, render_split
 
-SMALL = ["data.glyphs.classes=3", "data.glyphs.images_per_class=4", "data.glyphs.source_classes=5",
-         "data.glyphs.source_images_per_class=3"]
+SMALL = [
+    "data.glyphs.classes=3",
+    "data.glyphs.images_per_class=4",
+    "data.glyphs.source_classes=5",
+    "data.glyphs.source_images_per_class=3",
+]
 
 
 def test_frozen_lists_are_what_the_fonts_give():
@@ -81,12 +86,15 @@ def test_training_transform_never_mirrors():
     assert x.shape == (2, 1, 32, 32) and x.dtype == torch.float32
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.glyphs.task=middle", "data.glyphs.task"),
-    ("data.glyphs.classes=101", "data.glyphs.classes"),
-    ("data.glyphs.images_per_class=1", "data.glyphs.images_per_class"),
-    ("data.glyphs.source_classes=910", "data.glyphs.source_classes"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.glyphs.task=middle", "data.glyphs.task"),
+        ("data.glyphs.classes=101", "data.glyphs.classes"),
+        ("data.glyphs.images_per_class=1", "data.glyphs.images_per_class"),
+        ("data.glyphs.source_classes=910", "data.glyphs.source_classes"),
+    ],
+)
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("glyphs.yaml", [override])

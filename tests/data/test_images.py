@@ -1,11 +1,12 @@
 """Robust image loading: every PIL mode to RGB, unreadable files named, image listing without ._* and hidden."""
+
 import pickle
 
 import pytest
 from PIL import Image, ImageFile
+from trees import KINDS, truncate_image, write_image, write_resource_fork
 
 from plm_lightning.data.images import UnreadableImageError, list_images, load_rgb
-from trees import KINDS, truncate_image, write_image, write_resource_fork
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -14,8 +15,10 @@ def test_every_kind_decodes_to_rgb(tmp_path, kind):
     assert img.mode == "RGB" and img.size == (20, 20)
 
 
-@pytest.mark.parametrize("mode, fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("P", "PNG"),
-                                       ("I", "TIFF"), ("F", "TIFF")])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("P", "PNG"), ("I", "TIFF"), ("F", "TIFF")],
+)
 def test_other_modes(tmp_path, mode, fmt):
     path = tmp_path / f"x.{fmt.lower()}"
     Image.new(mode, (5, 4)).save(path, format=fmt)

@@ -1,13 +1,14 @@
 """plm-data verify / info / prepare on miniature trees. Never touches the network: the download function is
 replaced (by one that raises URLError, as on a machine without network, or one that copies a local archive)."""
+
 import json
 import tarfile
 from urllib.error import URLError
 
 import pytest
+from trees import make_cub_tree, make_inshop_tree, make_sop_tree, truncate_image
 
 from plm_lightning.cli import data as cli
-from trees import make_cub_tree, make_inshop_tree, make_sop_tree, truncate_image
 
 
 @pytest.fixture(autouse=True)
@@ -152,8 +153,13 @@ def test_prepare_downloads_then_extracts(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "download_url", fake_download)
     root = tmp_path / "cub"
     code, out, err = run(capsys, "prepare", "cub", "--root", str(root), "--no-check-counts")
-    assert code == 0 and calls == [("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
-                                    "CUB_200_2011.tgz", "97eceeb196236b17998738112f37df78")]
+    assert code == 0 and calls == [
+        (
+            "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+            "CUB_200_2011.tgz",
+            "97eceeb196236b17998738112f37df78",
+        )
+    ]
     assert (root / "images.txt").is_file() and not (root / cli.DOWNLOADS).exists()
 
 
@@ -162,7 +168,17 @@ def test_prepare_inshop_from_loose_files(tmp_path, capsys):
     with tarfile.open(tmp_path / "img.tar", "w") as tar:  # stands in for img.zip
         tar.add(src / "img", arcname="img")
     root = tmp_path / "inshop"
-    code, out, err = run(capsys, "prepare", "inshop", "--root", str(root), "--from", str(tmp_path / "img.tar"),
-                         "--from", str(src / "Eval" / "list_eval_partition.txt"), "--no-check-counts")
+    code, out, err = run(
+        capsys,
+        "prepare",
+        "inshop",
+        "--root",
+        str(root),
+        "--from",
+        str(tmp_path / "img.tar"),
+        "--from",
+        str(src / "Eval" / "list_eval_partition.txt"),
+        "--no-check-counts",
+    )
     assert code == 0, err
     assert (root / "Eval" / "list_eval_partition.txt").is_file() and (root / "img" / "WOMEN").is_dir()

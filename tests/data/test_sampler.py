@@ -1,4 +1,5 @@
 """The nearest-neighbour batch sampler: batch composition, determinism per (seed, epoch), disjoint DDP shards."""
+
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ def test_batches_are_seeds_with_their_neighbours():
     for batch in batches:
         assert len(batch) == 20
         for g in range(4):
-            group = batch[5 * g: 5 * g + 5]
+            group = batch[5 * g : 5 * g + 5]
             assert group == [(group[0] + j) % 100 for j in range(5)]
             seeds.append(group[0])
     assert len(set(seeds)) == len(seeds)  # seeds drawn without replacement

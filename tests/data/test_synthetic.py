@@ -1,6 +1,7 @@
 """The synthetic manifolds dataset: a pure function of its config, class-disjoint splits, the documented geometry
 (flat pieces at curvature 0, bent along a normal direction otherwise), vector items, parameter validation, and
 plm-fit end to end on the bundled synthetic.yaml."""
+
 import json
 import math
 import os
@@ -27,13 +28,15 @@ def make(split, transform=None, **overrides):
 
 def class_singular_values(points, labels):
     """Singular values of each class's centred points (rows: classes)."""
-    return torch.stack([torch.linalg.svdvals((points[labels == k] - points[labels == k].mean(0)).double())
-                        for k in labels.unique()])
+    return torch.stack(
+        [torch.linalg.svdvals((points[labels == k] - points[labels == k].mean(0)).double()) for k in labels.unique()]
+    )
 
 
 def vector_transform(train):
-    return build_transform(augmentation="vector", train=train, augment=True, image_size=227, resize=256,
-                           in_channels=12, out_channels=12)
+    return build_transform(
+        augmentation="vector", train=train, augment=True, image_size=227, resize=256, in_channels=12, out_channels=12
+    )
 
 
 def test_registered_and_input_channels_follow_ambient_dim():
@@ -71,17 +74,17 @@ def test_split_sizes_and_class_disjointness():
 
 @pytest.mark.parametrize("r", [1, 2, 3])
 def test_curvature_zero_gives_flat_pieces_and_curvature_bends_them(r):
-    flat, labels = generate_synthetic_manifolds(SyntheticConfig(**{**SMALL, "intrinsic_dim": r}, curvature=0.0,
-                                                                noise=0.0))
+    flat, labels = generate_synthetic_manifolds(
+        SyntheticConfig(**{**SMALL, "intrinsic_dim": r}, curvature=0.0, noise=0.0)
+    )
     sv = class_singular_values(flat, labels)
     assert (sv[:, r - 1] > 1.0).all()  # r tangent directions, each spanning [-1, 1] over 40 points
     assert (sv[:, r:] < 1e-5 * sv[:, :1]).all()  # nothing else: an affine r-dimensional piece (float32 rounding)
 
-    bent, _ = generate_synthetic_manifolds(SyntheticConfig(**{**SMALL, "intrinsic_dim": r}, curvature=1.0,
-                                                           noise=0.0))
+    bent, _ = generate_synthetic_manifolds(SyntheticConfig(**{**SMALL, "intrinsic_dim": r}, curvature=1.0, noise=0.0))
     sv = class_singular_values(bent, labels)
     assert (sv[:, r] > 1e-2 * sv[:, 0]).all()  # bent out of the flat piece...
-    assert (sv[:, r + 1:] < 1e-5 * sv[:, :1]).all()  # ...along exactly one normal direction
+    assert (sv[:, r + 1 :] < 1e-5 * sv[:, :1]).all()  # ...along exactly one normal direction
     # Same world: only the bending term differs, and it is orthogonal to each class's tangent directions.
     for k in labels.unique():
         piece = (flat[labels == k] - flat[labels == k][0]).double()
@@ -116,16 +119,19 @@ def test_items_are_float32_vectors_and_transforms():
     assert restored(torch.zeros(4, dtype=torch.float64)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (dict(intrinsic_dim=12), "data.synthetic.ambient_dim"),
-    (dict(intrinsic_dim=3, ambient_dim=3), "data.synthetic.ambient_dim"),
-    (dict(intrinsic_dim=0), "data.synthetic.intrinsic_dim"),
-    (dict(num_classes=1), "data.synthetic.num_classes"),
-    (dict(points_per_class=1), "data.synthetic.points_per_class"),
-    (dict(curvature=-0.5), "data.synthetic.curvature"),
-    (dict(noise=float("nan")), "data.synthetic.noise"),
-    (dict(separation=-1.0), "data.synthetic.separation"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (dict(intrinsic_dim=12), "data.synthetic.ambient_dim"),
+        (dict(intrinsic_dim=3, ambient_dim=3), "data.synthetic.ambient_dim"),
+        (dict(intrinsic_dim=0), "data.synthetic.intrinsic_dim"),
+        (dict(num_classes=1), "data.synthetic.num_classes"),
+        (dict(points_per_class=1), "data.synthetic.points_per_class"),
+        (dict(curvature=-0.5), "data.synthetic.curvature"),
+        (dict(noise=float("nan")), "data.synthetic.noise"),
+        (dict(separation=-1.0), "data.synthetic.separation"),
+    ],
+)
 def test_invalid_parameters_name_their_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         make("train", **overrides)
@@ -141,10 +147,23 @@ def test_fit_on_synthetic_writes_metrics(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", "--config", "synthetic.yaml",
-                             f"run.dir={run_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
-                             "trainer.enable_progress_bar=false"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "synthetic.yaml",
+            f"run.dir={run_dir}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+            "trainer.enable_progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for part in ("initial", "final"):

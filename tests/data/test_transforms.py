@@ -3,6 +3,7 @@
 Input spaces: imagenet_rgb (torchvision weights: ImageNet mean/std), caffe_bgr255 (BN-Inception: BGR, 0-255, minus
 [104, 117, 128]), any (small nets: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for gray). Train: random resized
 crop (scale 0.16-1) + flip; eval: resize + centre crop."""
+
 import itertools
 import math
 import pickle
@@ -19,8 +20,16 @@ from plm_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CaffeBGR2
 
 
 def natural(input_space, train=False, in_channels=3, image_size=8, resize=10):
-    return build_transform(augmentation="natural", train=train, augment=True, image_size=image_size, resize=resize,
-                           in_channels=in_channels, out_channels=3, input_space=input_space)
+    return build_transform(
+        augmentation="natural",
+        train=train,
+        augment=True,
+        image_size=image_size,
+        resize=resize,
+        in_channels=in_channels,
+        out_channels=3,
+        input_space=input_space,
+    )
 
 
 def solid(rgb, size=(12, 16)):
@@ -52,8 +61,9 @@ def test_imagenet_rgb_maps_a_known_pixel():
 def test_any_keeps_the_small_nets_normalisation():
     rgb = natural("any")(solid((255, 128, 0)))
     assert torch.allclose(rgb, natural("imagenet_rgb")(solid((255, 128, 0))))
-    digits = build_transform(augmentation="digits", train=False, augment=True, image_size=8, resize=8, in_channels=1,
-                             out_channels=1)  # input_space defaults to "any"
+    digits = build_transform(
+        augmentation="digits", train=False, augment=True, image_size=8, resize=8, in_channels=1, out_channels=1
+    )  # input_space defaults to "any"
     out = digits(np.full((8, 8), 255, dtype=np.uint8))
     assert out.shape == (1, 8, 8) and torch.allclose(out, torch.ones_like(out))  # (1 - 0.5) / 0.5
 
@@ -129,8 +139,12 @@ def test_train_loader_with_workers_waits_for_the_neighbour_table():
         loader = dm.train_dataloader()
         iterator = iter(loader)  # as Lightning's setup_data does: no table yet
         n = len(dm.train_set)
-        dm.batch_sampler.set_neighbours(torch.stack([torch.arange(n)] + [torch.randperm(n, generator=torch.Generator()
-                                                    .manual_seed(j)) for j in range(4)], dim=1))
+        dm.batch_sampler.set_neighbours(
+            torch.stack(
+                [torch.arange(n)] + [torch.randperm(n, generator=torch.Generator().manual_seed(j)) for j in range(4)],
+                dim=1,
+            )
+        )
         dm.batch_sampler.set_epoch(1)
         orders.append([batch[2] for batch in itertools.islice(iterator, 3)])  # 3 batches keep it fast
         dm.batch_sampler.set_epoch(2)
@@ -147,12 +161,24 @@ def test_batch_affine_has_torchvisions_geometry():
     image = torch.zeros(1, 1, 32, 32)
     image[0, 0, 8:24, 14:18] = 1
     image[0, 0, 8:11, 14:26] = 1  # an asymmetric shape: a wrong rotation sense would show
-    for angle, scale, tx, ty in [(20.0, 1.0, 0, 0), (-7.0, 1.0, 0, 0), (0.0, 1.2, 0, 0), (0.0, 1.0, 3, -2),
-                                 (15.0, 0.9, 2, 1)]:
-        want = TF.affine(image[0], angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0],
-                         interpolation=v2.InterpolationMode.BILINEAR)
-        theta = affine_sampling_matrices(torch.tensor([math.radians(angle)]), torch.tensor([scale]),
-                                         torch.tensor([[2 * tx / 32, 2 * ty / 32]]))
+    for angle, scale, tx, ty in [
+        (20.0, 1.0, 0, 0),
+        (-7.0, 1.0, 0, 0),
+        (0.0, 1.2, 0, 0),
+        (0.0, 1.0, 3, -2),
+        (15.0, 0.9, 2, 1),
+    ]:
+        want = TF.affine(
+            image[0],
+            angle=angle,
+            translate=[tx, ty],
+            scale=scale,
+            shear=[0.0, 0.0],
+            interpolation=v2.InterpolationMode.BILINEAR,
+        )
+        theta = affine_sampling_matrices(
+            torch.tensor([math.radians(angle)]), torch.tensor([scale]), torch.tensor([[2 * tx / 32, 2 * ty / 32]])
+        )
         grid = torch.nn.functional.affine_grid(theta, [1, 1, 32, 32], align_corners=False)
         got = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=False)
         assert torch.allclose(got[0], want, atol=1e-5), (angle, scale, tx, ty)

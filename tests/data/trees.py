@@ -9,6 +9,7 @@ Import: from tests in this folder ``from trees import make_cub_tree``; from anot
 ``sys.path`` first (``sys.path.insert(0, str(Path(__file__).parents[1] / "data"))``), or, when the repository root
 is on ``sys.path`` (``python -m pytest``), ``from tests.data.trees import make_cub_tree``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,8 +76,7 @@ def _kind(class_index: int, k: int) -> str:
     return "rgb"
 
 
-def make_cub_tree(root, classes: Sequence[int] = (1, 2, 101, 102), images_per_class: int = 3, size: int = 24
-                  ) -> Path:
+def make_cub_tree(root, classes: Sequence[int] = (1, 2, 101, 102), images_per_class: int = 3, size: int = 24) -> Path:
     """CUB_200_2011 layout: images/<NNN.Name>/<file>.jpg, images.txt, image_class_labels.txt, classes.txt,
     train_test_split.txt, bounding_boxes.txt."""
     root = Path(root)
@@ -103,8 +103,7 @@ def make_cub_tree(root, classes: Sequence[int] = (1, 2, 101, 102), images_per_cl
     return root
 
 
-def make_cars_tree(root, classes: Sequence[int] = (1, 2, 99, 100), images_per_class: int = 3, size: int = 24
-                   ) -> Path:
+def make_cars_tree(root, classes: Sequence[int] = (1, 2, 99, 100), images_per_class: int = 3, size: int = 24) -> Path:
     """Cars196 layout: car_ims/NNNNNN.jpg and cars_annos.mat (struct array 'annotations' 1 x N with the official
     field names, 'class_names' 1 x 196), written with scipy.io.savemat."""
     from scipy.io import savemat
@@ -122,8 +121,11 @@ def make_cars_tree(root, classes: Sequence[int] = (1, 2, 99, 100), images_per_cl
     ann = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
     for i, row in enumerate(rows):
         for f, v in zip(fields, row):
-            ann[0, i][f] = np.array([[v]], dtype=np.uint8 if f == "test" else np.int32) if f != "relative_im_path" \
+            ann[0, i][f] = (
+                np.array([[v]], dtype=np.uint8 if f == "test" else np.int32)
+                if f != "relative_im_path"
                 else np.array([v])
+            )
     class_names = np.empty((1, 196), dtype=object)
     for c in range(196):
         class_names[0, c] = f"Make Model {c + 1} 2012"
@@ -132,12 +134,25 @@ def make_cars_tree(root, classes: Sequence[int] = (1, 2, 99, 100), images_per_cl
     return root
 
 
-SOP_CATEGORIES = ("bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle", "lamp", "mug", "sofa", "stapler",
-                  "table", "toaster")
+SOP_CATEGORIES = (
+    "bicycle",
+    "cabinet",
+    "chair",
+    "coffee_maker",
+    "fan",
+    "kettle",
+    "lamp",
+    "mug",
+    "sofa",
+    "stapler",
+    "table",
+    "toaster",
+)
 
 
-def make_sop_tree(root, classes: Sequence[int] = (1, 2, 11319, 11320), images_per_class: int = 3, size: int = 24
-                  ) -> Path:
+def make_sop_tree(
+    root, classes: Sequence[int] = (1, 2, 11319, 11320), images_per_class: int = 3, size: int = 24
+) -> Path:
     """Stanford_Online_Products layout: <category>_final/<product>_<k>.JPG, Ebay_train.txt / Ebay_test.txt /
     Ebay_info.txt with the header line. Classes <= 11318 are training classes, as in the official files."""
     root = Path(root)
@@ -159,8 +174,14 @@ def make_sop_tree(root, classes: Sequence[int] = (1, 2, 11319, 11320), images_pe
     return root
 
 
-def make_inshop_tree(root, train_items: Sequence[int] = (1, 2), test_items: Sequence[int] = (3, 4),
-                     images_per_item: int = 4, queries_per_item: int = 2, size: int = 24) -> Path:
+def make_inshop_tree(
+    root,
+    train_items: Sequence[int] = (1, 2),
+    test_items: Sequence[int] = (3, 4),
+    images_per_item: int = 4,
+    queries_per_item: int = 2,
+    size: int = 24,
+) -> Path:
     """In-Shop layout: img/<WOMEN|MEN>/<category>/id_<8 digits>/<NN_k_view>.jpg and Eval/list_eval_partition.txt
     (two header lines: the count, then 'image_name item_id evaluation_status'). Each test item's first
     ``queries_per_item`` images are queries, the rest gallery."""
@@ -182,20 +203,22 @@ def make_inshop_tree(root, train_items: Sequence[int] = (1, 2), test_items: Sequ
             rows.append(f"{rel:<70s} {item_id}  {status}")
     (root / "Eval").mkdir(parents=True, exist_ok=True)
     (root / "Eval" / "list_eval_partition.txt").write_text(
-        f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
+        f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n"
+    )
     write_resource_fork(root / "img" / "._WOMEN")
     return root
 
 
-def make_folder_tree(root, classes: Sequence[str] = ("ant", "bee", "cat", "dog"), images_per_class: int = 3,
-                     size: int = 24) -> Path:
+def make_folder_tree(
+    root, classes: Sequence[str] = ("ant", "bee", "cat", "dog"), images_per_class: int = 3, size: int = 24
+) -> Path:
     """Users' own images: root/<class>/[<sub>/]<image> with mixed formats and suffix cases (JPEG, PNG, palette PNG,
     RGBA PNG, greyscale and CMYK JPEG), plus what must be ignored: ``._*`` files, a hidden folder with an image, a
     non-image file."""
     root = Path(root)
     kinds = ("rgb", "png", "palette", "rgba", "grey", "cmyk")
     n = 0
-    for ci, name in enumerate(classes):
+    for name in classes:
         for k in range(images_per_class):
             n += 1
             kind = kinds[n % len(kinds)]

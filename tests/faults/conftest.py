@@ -3,6 +3,7 @@
 Every test asserts the exit code, the one-line message, and that no file of an earlier run changed (hashes before
 and after). A finished two-step digits run is made once per session and copied into each test's folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,21 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["trainer.max_steps=2", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "eval.plots=false",
-        "data.batch_size=30"]
+TINY = [
+    "trainer.max_steps=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "eval.plots=false",
+    "data.batch_size=30",
+]
 # A two-epoch run of two batches an epoch; with trainer.stop_after_epochs=1 it pauses after epoch 0.
-PAUSED = ["trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
-          "eval.plots=false", "data.batch_size=30"]
+PAUSED = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false",
+    "eval.plots=false",
+    "data.batch_size=30",
+]
 
 
 def env() -> dict:
@@ -28,8 +39,14 @@ def env() -> dict:
 
 
 def run(cli: str, *args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"plm_lightning.cli.{cli}", *map(str, args)], capture_output=True,
-                          text=True, env=env(), timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", f"plm_lightning.cli.{cli}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def error_line(result: subprocess.CompletedProcess, prog: str, code: int = 2) -> str:
@@ -91,8 +108,10 @@ def can_mount() -> bool:
         return False
     probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"plm-mount-probe-{os.getpid()}"
     probe.mkdir(exist_ok=True)
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
-                        capture_output=True).returncode == 0
+    ok = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True).returncode
+        == 0
+    )
     if ok:
         subprocess.run(["umount", str(probe)], capture_output=True)
     probe.rmdir()

@@ -1,12 +1,12 @@
 """No run lost or clobbered: outputs never replace what is not a regular file, a failed resume changes nothing,
 a second run into a run's folder is refused (or replaces it cleanly), and a diverged checkpoint is not exported."""
+
 import os
 import stat
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, error_line, run, snapshot
 
 
@@ -50,8 +50,7 @@ def test_output_writes_through_a_symlink(embeddings_npz, tmp_path):
 
 def test_a_failed_resume_changes_nothing(old_run):
     before = snapshot(old_run)
-    result = run("fit", "--config", "digits.yaml", f"run.dir={old_run}", *TINY, "model.embedding_dim=32",
-                 "resume=auto")
+    result = run("fit", "--config", "digits.yaml", f"run.dir={old_run}", *TINY, "model.embedding_dim=32", "resume=auto")
     line = error_line(result, "plm-fit")
     assert "model.embedding_dim" in line and "(64 in the checkpoint, 32 now)" in line
     assert snapshot(old_run) == before
@@ -73,8 +72,10 @@ def test_overwrite_removes_the_old_run_first(old_run):
     names = sorted(p.name for p in (old_run / "checkpoints").iterdir())
     assert not stale.exists() and not any("-v1" in n for n in names), names
     assert (old_run / "notes.txt").read_text() == "mine\n"
-    assert "seed: 5" in (old_run / "config.yaml").read_text() and "overwrite: false" in (
-        old_run / "config.yaml").read_text()
+    assert (
+        "seed: 5" in (old_run / "config.yaml").read_text()
+        and "overwrite: false" in (old_run / "config.yaml").read_text()
+    )
 
 
 def test_a_diverged_checkpoint_is_neither_exported_nor_searched(old_run, tmp_path):
@@ -87,8 +88,9 @@ def test_a_diverged_checkpoint_is_neither_exported_nor_searched(old_run, tmp_pat
     state["state_dict"][key] = torch.full_like(state["state_dict"][key], float("nan"))
     nan_ckpt = tmp_path / "nan.ckpt"
     torch.save(state, nan_ckpt)
-    line = error_line(run("embed", "--ckpt", nan_ckpt, "--config", "digits.yaml", "--output", tmp_path / "x"),
-                      "plm-embed")
+    line = error_line(
+        run("embed", "--ckpt", nan_ckpt, "--config", "digits.yaml", "--output", tmp_path / "x"), "plm-embed"
+    )
     assert "NaN or inf" in line and key in line and not (tmp_path / "x").exists()
     from PIL import Image
 

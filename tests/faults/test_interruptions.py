@@ -1,12 +1,12 @@
-"""Interruptions: Ctrl-C and SIGTERM end with exit code 130 / 143 and one line, SIGKILL with nothing; the run continues with resume=auto; what a kill
-during a write leaves behind is cleaned at the next start."""
+"""Interruptions: Ctrl-C and SIGTERM end with exit code 130 / 143 and one line, SIGKILL with nothing; the run
+continues with resume=auto; what a kill during a write leaves behind is cleaned at the next start."""
+
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
 from conftest import PAUSED, env, error_line, run, snapshot
 
 
@@ -15,12 +15,25 @@ def test_a_signal_ends_the_run_resumably(tmp_path, signum, code):
     """Ctrl-C and SIGTERM: Lightning's graceful shutdown, one line, 128 + the signal; SIGKILL: no last words. In every
     case the last finished epoch's checkpoint is intact and resume=auto continues from it."""
     run_dir = tmp_path / "run"
-    args = ["--config", "digits.yaml", f"run.dir={run_dir}", "trainer.max_epochs=30", "trainer.limit_train_batches=2",
-            "trainer.enable_progress_bar=false", "eval.plots=false", "data.batch_size=30"]
-    proc = subprocess.Popen([sys.executable, "-m", "plm_lightning.cli.fit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(),
-                            # a shell's background job starts with SIGINT ignored, and Python keeps it so: restore it
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    args = [
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=30",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "eval.plots=false",
+        "data.batch_size=30",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plm_lightning.cli.fit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        # a shell's background job starts with SIGINT ignored, and Python keeps it so: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -40,8 +53,11 @@ def test_a_signal_ends_the_run_resumably(tmp_path, signum, code):
 
 
 def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start(paused_run):
-    stale = [paused_run / "checkpoints" / ".last.ckpt.k1ll3d.tmp", paused_run / ".metrics.json.x1y2.tmp",
-             paused_run / "logs" / ".metrics.csv.a9b8.tmp"]
+    stale = [
+        paused_run / "checkpoints" / ".last.ckpt.k1ll3d.tmp",
+        paused_run / ".metrics.json.x1y2.tmp",
+        paused_run / "logs" / ".metrics.csv.a9b8.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"half a file")
     mine = paused_run / "checkpoints" / "keep.tmp"  # not one of ours (no leading dot): left alone

@@ -1,4 +1,5 @@
 """Inputs that used to end in a traceback: one line naming the file, key or value, exit code 2, nothing changed."""
+
 import os
 import resource
 import signal
@@ -7,9 +8,8 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from conftest import PAUSED, TINY, env, error_line, run, snapshot
+from omegaconf import OmegaConf
 
 
 def test_empty_checkpoint_everywhere(old_run, tmp_path):
@@ -17,12 +17,10 @@ def test_empty_checkpoint_everywhere(old_run, tmp_path):
     empty.write_bytes(b"")
     line = error_line(run("eval", "--ckpt", empty, "--config", "digits.yaml"), "plm-eval")
     assert str(empty) in line and "empty" in line
-    line = error_line(run("embed", "--ckpt", empty, "--config", "digits.yaml", "--output", tmp_path / "o"),
-                      "plm-embed")
+    line = error_line(run("embed", "--ckpt", empty, "--config", "digits.yaml", "--output", tmp_path / "o"), "plm-embed")
     assert "empty" in line
     before = snapshot(old_run)
-    line = error_line(run("fit", "--config", "digits.yaml", f"run.dir={old_run}", *TINY, f"resume={empty}"),
-                      "plm-fit")
+    line = error_line(run("fit", "--config", "digits.yaml", f"run.dir={old_run}", *TINY, f"resume={empty}"), "plm-fit")
     assert f"resume={empty}" in line and "empty" in line
     (old_run / "checkpoints" / "last.ckpt").write_bytes(b"")
     before = snapshot(old_run)
@@ -85,6 +83,7 @@ def _limit_file_size(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -94,9 +93,23 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_files(paused_run):
     size = (paused_run / "checkpoints" / "last.ckpt").stat().st_size
     before = snapshot(paused_run)
     metrics_csv = (paused_run / "logs" / "metrics.csv").read_text()
-    result = subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml",
-                             f"run.dir={paused_run}", *PAUSED, "resume=auto"], capture_output=True, text=True,
-                            env=env(), timeout=300, preexec_fn=_limit_file_size(size // 2))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "digits.yaml",
+            f"run.dir={paused_run}",
+            *PAUSED,
+            "resume=auto",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+        preexec_fn=_limit_file_size(size // 2),
+    )
     line = error_line(result, "plm-fit")
     assert "File too large" in line or "No space left" in line
     assert (paused_run / "logs" / "metrics.csv").read_text().startswith(metrics_csv.splitlines()[0])
@@ -116,14 +129,37 @@ def test_full_tmpfs(tmp_path, tmpfs):
     assert "No space left on device" in line
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["data.glyphs.classes=2", "data.glyphs.images_per_class=3", "data.batch_size=5"],
-     "the glyphs test split has 6 items, so 5 items (each query ranks all the others): Recall@8 needs at least 8"),
-    (["data.glyphs.classes=2", "data.glyphs.images_per_class=2", "data.batch_size=2", "eval.ks=[1]",
-      "data.neighbours_per_seed=1", "method.num_proxies=2"], None),
-    (["data.glyphs.classes=2", "data.glyphs.images_per_class=2", "data.batch_size=2", "eval.ks=[1]",
-      "data.neighbours_per_seed=1"], "method.num_proxies=100 exceeds the 4 images of the glyphs training split"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (
+            ["data.glyphs.classes=2", "data.glyphs.images_per_class=3", "data.batch_size=5"],
+            "the glyphs test split has 6 items, so 5 items (each query ranks all the others): "
+            "Recall@8 needs at least 8",
+        ),
+        (
+            [
+                "data.glyphs.classes=2",
+                "data.glyphs.images_per_class=2",
+                "data.batch_size=2",
+                "eval.ks=[1]",
+                "data.neighbours_per_seed=1",
+                "method.num_proxies=2",
+            ],
+            None,
+        ),
+        (
+            [
+                "data.glyphs.classes=2",
+                "data.glyphs.images_per_class=2",
+                "data.batch_size=2",
+                "eval.ks=[1]",
+                "data.neighbours_per_seed=1",
+            ],
+            "method.num_proxies=100 exceeds the 4 images of the glyphs training split",
+        ),
+    ],
+)
 def test_test_split_too_small(tmp_path, overrides, needle):
     run_dir = tmp_path / "run"
     result = run("fit", "--config", "glyphs.yaml", f"run.dir={run_dir}", "trainer.max_epochs=1", *overrides)
@@ -144,23 +180,49 @@ def test_single_item_test_split(tmp_path):
         for i in range(count):
             Image.new("RGB", (20, 20), (40 * i, 10, 90)).save(root / cls / f"{i}.png")
     run_dir = tmp_path / "run"
-    result = run("fit", "--config", "folder_resnet50.yaml", f"data.root={root}", "data.train_classes=[a,b]",
-                 "model.pretrained=false", "data.batch_size=4", "data.neighbours_per_seed=2", "data.image_size=32",
-                 "data.resize=36", f"run.dir={run_dir}", "eval.ks=[1]", "data.num_workers=0")
+    result = run(
+        "fit",
+        "--config",
+        "folder_resnet50.yaml",
+        f"data.root={root}",
+        "data.train_classes=[a,b]",
+        "model.pretrained=false",
+        "data.batch_size=4",
+        "data.neighbours_per_seed=2",
+        "data.image_size=32",
+        "data.resize=36",
+        f"run.dir={run_dir}",
+        "eval.ks=[1]",
+        "data.num_workers=0",
+    )
     line = error_line(result, "plm-fit")
     assert "folder test split has 1 items" in line
     assert not run_dir.exists()
 
 
 def test_diverging_run_stops_naming_the_step(tmp_path):
-    result = run("fit", "--config", "digits.yaml", f"run.dir={tmp_path / 'run'}", "optim.lr=1e8",
-                 "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "eval.plots=false")
+    result = run(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"run.dir={tmp_path / 'run'}",
+        "optim.lr=1e8",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "eval.plots=false",
+    )
     line = error_line(result, "plm-fit")
     assert "training diverged: NaN or inf" in line and "at step" in line and "lower optim.lr" in line
 
 
-@pytest.mark.parametrize("override, key", [("optim.lr=inf", "optim.lr"), ("method.tau=nan", "method.tau"),
-                                           ("trainer.limit_train_batches=2.5", "trainer.limit_train_batches")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lr=inf", "optim.lr"),
+        ("method.tau=nan", "method.tau"),
+        ("trainer.limit_train_batches=2.5", "trainer.limit_train_batches"),
+    ],
+)
 def test_values_that_no_knob_means(tmp_path, override, key):
     result = run("fit", "--config", "digits.yaml", override, f"run.dir={tmp_path / 'run'}")
     line = error_line(result, "plm-fit")
@@ -187,15 +249,20 @@ def test_symlink_loop_in_a_class_folder_is_named(tmp_path):
             Image.new("RGB", (20, 20), (40 * i, 10, 90)).save(root / cls / f"{i}.png")
     loop = root / "b" / "loop.png"
     loop.symlink_to(loop)
-    result = run("fit", "--config", "folder_resnet50.yaml", f"data.root={root}", "model.pretrained=false",
-                 f"run.dir={tmp_path / 'run'}")
+    result = run(
+        "fit",
+        "--config",
+        "folder_resnet50.yaml",
+        f"data.root={root}",
+        "model.pretrained=false",
+        f"run.dir={tmp_path / 'run'}",
+    )
     line = error_line(result, "plm-fit")
     assert f"{loop} is a symlink loop" in line and "missing" not in line
 
 
 def test_data_error_before_training_leaves_no_run_folder(tmp_path):
     run_dir = tmp_path / "new" / "run"
-    line = error_line(run("fit", "--config", "digits.yaml", f"run.dir={run_dir}", "data.batch_size=2000"),
-                      "plm-fit")
+    line = error_line(run("fit", "--config", "digits.yaml", f"run.dir={run_dir}", "data.batch_size=2000"), "plm-fit")
     assert "not enough for one batch of data.batch_size=2000" in line
     assert not (tmp_path / "new").exists()

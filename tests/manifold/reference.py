@@ -10,6 +10,7 @@ comparable:
   does not exist, so a piece has m_eff = min(m, |N_j|, rank) directions;
 - the q most similar batch points of a proxy: ties broken by the lower index.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def top_directions(offsets: np.ndarray, m: int) -> np.ndarray:
     if offsets.shape[0] == 0 or m == 0:
         return np.zeros((d, 0))
     _, sing, vt = np.linalg.svd(offsets, full_matrices=False)
-    s2 = sing ** 2
+    s2 = sing**2
     keep = []
     for r in range(min(m, len(s2))):
         if s2[r] > 0 and s2[r] > RANK_EPS * s2[0]:
@@ -56,8 +57,9 @@ def candidates(X: np.ndarray, j: int, M: int) -> list[int]:
     return others[: max(0, M)]
 
 
-def fit_piece(X, j: int, m: int, M: int, tau: float, subset_selection: bool = True,
-              greedy_test: str = "refit") -> tuple[list[int], np.ndarray]:
+def fit_piece(
+    X, j: int, m: int, M: int, tau: float, subset_selection: bool = True, greedy_test: str = "refit"
+) -> tuple[list[int], np.ndarray]:
     """Neighbourhood N_j (sorted indices) and piece basis U_j (d x m_eff, orthonormal) of point x_j.
 
     greedy_test "refit": N_j starts with the nearest candidate; each next candidate joins if its relative residual
@@ -83,8 +85,9 @@ def fit_piece(X, j: int, m: int, M: int, tau: float, subset_selection: bool = Tr
     return sorted(members), U
 
 
-def fit_all_pieces(X, m: int, M: int, tau: float, subset_selection: bool = True,
-                   greedy_test: str = "refit") -> list[tuple[list[int], np.ndarray]]:
+def fit_all_pieces(
+    X, m: int, M: int, tau: float, subset_selection: bool = True, greedy_test: str = "refit"
+) -> list[tuple[list[int], np.ndarray]]:
     X = _as64(X)
     return [fit_piece(X, j, m, M, tau, subset_selection, greedy_test) for j in range(X.shape[0])]
 

@@ -1,12 +1,19 @@
 """Baseline similarity estimators and the binary ablation, against values worked out by hand."""
+
 import math
 
 import pytest
 import torch
 
 from plm_lightning.manifold import PLMLoss, ProxyManifold
-from plm_lightning.manifold.estimators import (Binarized, GaussianSimilarity, KMeansSimilarity, KNNSimilarity,
-                                               build_estimator, kmeans)
+from plm_lightning.manifold.estimators import (
+    Binarized,
+    GaussianSimilarity,
+    KMeansSimilarity,
+    KNNSimilarity,
+    build_estimator,
+    kmeans,
+)
 
 X = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]])
 
@@ -17,8 +24,9 @@ def test_gaussian_by_hand():
     assert s[1, 2].item() == pytest.approx(math.exp(-5 / 2))
     assert torch.all(s.diagonal() == 1) and torch.equal(s, s.T)
     s_proxy = GaussianSimilarity(sigma=2.0)(X, proxy_points=torch.tensor([[0.0, 1.0]])).s_proxy
-    assert s_proxy[:, 0].tolist() == pytest.approx([math.exp(-1 / 2), math.exp(-2 / 2), math.exp(-1 / 2),
-                                                    math.exp(-181 / 2)])
+    assert s_proxy[:, 0].tolist() == pytest.approx(
+        [math.exp(-1 / 2), math.exp(-2 / 2), math.exp(-1 / 2), math.exp(-181 / 2)]
+    )
 
 
 def test_knn_by_hand():
@@ -35,7 +43,7 @@ def test_kmeans_recovers_separated_clusters_deterministically():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     x = torch.cat([c + 0.1 * torch.randn(7, 2, generator=g) for c in centres])
     assign, _ = kmeans(x, 3, seed=1)
-    groups = [set(assign[i * 7:(i + 1) * 7].tolist()) for i in range(3)]
+    groups = [set(assign[i * 7 : (i + 1) * 7].tolist()) for i in range(3)]
     assert all(len(g) == 1 for g in groups) and len(set.union(*groups)) == 3
     s = KMeansSimilarity(clusters=3, seed=1)(x).s
     assert torch.equal(s, KMeansSimilarity(clusters=3, seed=1)(x).s)

@@ -1,4 +1,5 @@
 """Loss terms against values computed by hand, and the gradient routing the method prescribes."""
+
 import math
 
 import pytest

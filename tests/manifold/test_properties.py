@@ -4,22 +4,28 @@ Batches are drawn either directly by hypothesis (small integer or float coordina
 degenerate batches included) or, where an exact invariance is checked after refitting the pieces, from a seeded
 Gaussian so that no greedy decision or distance tie sits on a knife edge.
 """
+
 import math
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import reference as ref
 from plm_lightning.manifold import (
-    PLMLoss, PLMSimilarity, ProxyManifold, directed_similarity, fit_pieces, orthonormal_basis, piece_distances,
+    PLMLoss,
+    PLMSimilarity,
+    ProxyManifold,
+    directed_similarity,
+    fit_pieces,
+    orthonormal_basis,
+    piece_distances,
 )
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True)
-
 
 
 # ---------------------------------------------------------------------------------------------------- strategies
@@ -95,7 +101,7 @@ def test_similarity_in_unit_interval_with_unit_diagonal_and_symmetric(x, sim):
 
 
 @FAST
-@given(x=batches(), sim=similarities, k=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+@given(x=batches(), sim=similarities, k=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_proxy_similarity_in_unit_interval(x, sim, k, seed):
     rng = np.random.default_rng(seed)
     d = x.shape[1]
@@ -109,16 +115,23 @@ def test_proxy_similarity_in_unit_interval(x, sim, k, seed):
 @FAST
 @given(o=st.floats(0, 1e3), p=st.floats(0, 1e3), n_alpha=st.floats(0, 8), n_beta=st.floats(0, 8))
 def test_directed_similarity_formula_and_range(o, p, n_alpha, n_beta):
-    s = directed_similarity(torch.tensor(o, dtype=torch.float64), torch.tensor(p, dtype=torch.float64),
-                            n_alpha, n_beta).item()
+    s = directed_similarity(
+        torch.tensor(o, dtype=torch.float64), torch.tensor(p, dtype=torch.float64), n_alpha, n_beta
+    ).item()
     assert 0 < s <= 1
     assert s == pytest.approx(ref.s_directed(o, p, n_alpha, n_beta), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------- rotation and translation
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 2 ** 16), b=st.integers(2, 20), d=st.integers(1, 8), sim=similarities,
-       shift=st.floats(-3, 3), unit=st.booleans())
+@given(
+    seed=st.integers(0, 2**16),
+    b=st.integers(2, 20),
+    d=st.integers(1, 8),
+    sim=similarities,
+    shift=st.floats(-3, 3),
+    unit=st.booleans(),
+)
 def test_rotation_and_translation_invariance(seed, b, d, sim, shift, unit):
     rng = np.random.default_rng(seed + 1)
     x = gaussian_batch(seed, b, d, unit)
@@ -148,7 +161,7 @@ def test_rotation_and_translation_invariance(seed, b, d, sim, shift, unit):
 
 
 @FAST
-@given(seed=st.integers(0, 2 ** 16), d=st.integers(1, 8), m=st.integers(1, 3), shift=st.floats(-3, 3))
+@given(seed=st.integers(0, 2**16), d=st.integers(1, 8), m=st.integers(1, 3), shift=st.floats(-3, 3))
 def test_reference_o_p_rotation_and_translation_invariance(seed, d, m, shift):
     rng = np.random.default_rng(seed)
     xi, xj = rng.standard_normal(d), rng.standard_normal(d)
@@ -156,13 +169,20 @@ def test_reference_o_p_rotation_and_translation_invariance(seed, d, m, shift):
     q, t = random_rotation(rng, d), shift * rng.standard_normal(d)
     assert ref.o_p(q @ xi + t, q @ xj + t, q @ u) == pytest.approx(ref.o_p(xi, xj, u), abs=1e-9)
     o, p = ref.o_p(xi, xj, u)
-    assert o ** 2 + p ** 2 == pytest.approx(float(np.sum((xi - xj) ** 2)), rel=1e-9)  # Pythagoras
+    assert o**2 + p**2 == pytest.approx(float(np.sum((xi - xj) ** 2)), rel=1e-9)  # Pythagoras
 
 
 # ------------------------------------------------------------------------------------------- points on a piece
 @FAST
-@given(seed=st.integers(0, 2 ** 16), b=st.integers(3, 15), d=st.integers(2, 8), m=st.integers(1, 3),
-       n_alpha=st.floats(0.5, 8), n_beta=st.floats(0, 4), scale=st.floats(0, 5))
+@given(
+    seed=st.integers(0, 2**16),
+    b=st.integers(3, 15),
+    d=st.integers(2, 8),
+    m=st.integers(1, 3),
+    n_alpha=st.floats(0.5, 8),
+    n_beta=st.floats(0, 4),
+    scale=st.floats(0, 5),
+)
 def test_points_on_the_piece_decay_only_with_the_in_plane_distance(seed, b, d, m, n_alpha, n_beta, scale):
     rng = np.random.default_rng(seed)
     x = gaussian_batch(seed, b, d)
@@ -172,7 +192,7 @@ def test_points_on_the_piece_decay_only_with_the_in_plane_distance(seed, b, d, m
     u = pieces.bases[j]  # d x m, zero columns for absent directions
     a = scale * rng.uniform(-1, 1, u.shape[1])
     xi = pieces.anchors[j] + u @ _t(a)  # x_i = x_j + U_j a
-    o, p = piece_distances(xi[None], pieces.anchors[j:j + 1], u[None])
+    o, p = piece_distances(xi[None], pieces.anchors[j : j + 1], u[None])
     p_want = math.sqrt(sum(a[c] ** 2 for c in range(u.shape[1]) if u[:, c].norm() > 0.5))
     assert o.item() == pytest.approx(0, abs=1e-5)
     assert p.item() == pytest.approx(p_want, rel=1e-6, abs=1e-6)
@@ -200,8 +220,15 @@ def _off_and_along(seed, d, m, p0, t, n_alpha, n_beta):
 
 
 @FAST
-@given(seed=st.integers(0, 2 ** 16), d=st.integers(2, 8), m=st.integers(1, 3), p0=st.floats(0, 3),
-       t=st.floats(0.01, 5), n_beta=st.floats(0.1, 3), ratio=st.floats(2.0, 4.0))
+@given(
+    seed=st.integers(0, 2**16),
+    d=st.integers(2, 8),
+    m=st.integers(1, 3),
+    p0=st.floats(0, 3),
+    t=st.floats(0.01, 5),
+    n_beta=st.floats(0.1, 3),
+    ratio=st.floats(2.0, 4.0),
+)
 def test_moving_off_the_piece_lowers_similarity_more_than_moving_along_it(seed, d, m, p0, t, n_beta, ratio):
     # With N_alpha >= 2 N_beta (every setting in the paper's ablation: (3, .5), (4, 1), (5, .5), (6, 1)).
     m = min(m, d - 1)
@@ -223,7 +250,7 @@ def test_n_alpha_above_n_beta_alone_does_not_make_off_piece_decay_faster_for_sma
     # that holds for every distance t only when N_alpha >= 2 N_beta: for small t, s' ~ 1 - (N_alpha/2) t off the
     # piece against 1 - N_beta t along it. Documented here; the implementation follows the formula.
     s_off, s_along, _, _ = _off_and_along(0, 3, 1, 0.0, 0.1, n_alpha=1.5, n_beta=1.0)
-    assert s_off == pytest.approx(1.05 ** -1.5) and s_along == pytest.approx(1.1 ** -1.0)
+    assert s_off == pytest.approx(1.05**-1.5) and s_along == pytest.approx(1.1**-1.0)
     assert s_off > s_along
     # ... while for large moves N_alpha > N_beta is enough.
     s_off, s_along, _, _ = _off_and_along(0, 3, 1, 0.0, 50.0, n_alpha=1.5, n_beta=1.0)
@@ -232,8 +259,16 @@ def test_n_alpha_above_n_beta_alone_does_not_make_off_piece_decay_faster_for_sma
 
 # ------------------------------------------------------------------------------------------------------ losses
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(x=batches(max_b=8), sim=similarities, seed=st.integers(0, 2 ** 16), k=st.integers(1, 5),
-       q=st.integers(1, 10), delta=st.floats(0.1, 3), normalize=st.booleans(), dup_student=st.booleans())
+@given(
+    x=batches(max_b=8),
+    sim=similarities,
+    seed=st.integers(0, 2**16),
+    k=st.integers(1, 5),
+    q=st.integers(1, 10),
+    delta=st.floats(0.1, 3),
+    normalize=st.booleans(),
+    dup_student=st.booleans(),
+)
 def test_loss_terms_are_finite_and_non_negative(x, sim, seed, k, q, delta, normalize, dup_student):
     gen = torch.Generator().manual_seed(seed)
     b, d = x.shape

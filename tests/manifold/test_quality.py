@@ -1,4 +1,5 @@
 """Similarity-quality metrics against brute-force definitions."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,10 +8,7 @@ from plm_lightning.manifold.quality import SimilarityQuality, batch_purity
 
 
 def test_purity_by_hand_and_ties_count_fractionally():
-    s = torch.tensor([[1.0, 0.9, 0.5, 0.5],
-                      [0.9, 1.0, 0.2, 0.1],
-                      [0.5, 0.2, 1.0, 0.3],
-                      [0.5, 0.1, 0.3, 1.0]])
+    s = torch.tensor([[1.0, 0.9, 0.5, 0.5], [0.9, 1.0, 0.2, 0.1], [0.5, 0.2, 1.0, 0.3], [0.5, 0.1, 0.3, 1.0]])
     labels = torch.tensor([0, 0, 1, 0])
     p = batch_purity(s, labels, k=2)
     # point 0: top-2 = {1 (0.9), one of {2, 3} tied at 0.5}: 1 + 0.5 * (0 + 1) = 1.5 -> 0.75

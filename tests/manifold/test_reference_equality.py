@@ -3,20 +3,28 @@
 Pieces are compared by their neighbourhoods (exactly) and their projection matrices U U^T (bases are unique only up
 to a rotation within the subspace); similarities and loss terms within 1e-5.
 """
+
 import itertools
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from plm_lightning.manifold import (
-    PLMLoss, PLMSimilarity, Pieces, ProxyManifold, fit_pieces, neighbourhood_loss, orthonormal_basis, piece_distances,
-    point_loss, proxy_loss,
+    Pieces,
+    PLMLoss,
+    PLMSimilarity,
+    ProxyManifold,
+    fit_pieces,
+    neighbourhood_loss,
+    orthonormal_basis,
+    piece_distances,
+    point_loss,
+    proxy_loss,
 )
 
 TOL = 1e-5
-
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -42,8 +50,9 @@ def _ref_pieces_as_package(X, pieces, m) -> Pieces:
 
 def assert_pieces_match(X, m, M, tau, subset_selection, context="", greedy_test="refit"):
     """Fits pieces both ways and checks members exactly and U U^T within TOL. Returns (package, reference) pieces."""
-    got = fit_pieces(_t(X), piece_dim=m, max_candidates=M, tau=tau, subset_selection=subset_selection,
-                     greedy_test=greedy_test)
+    got = fit_pieces(
+        _t(X), piece_dim=m, max_candidates=M, tau=tau, subset_selection=subset_selection, greedy_test=greedy_test
+    )
     want = ref.fit_all_pieces(X, m, M, tau, subset_selection, greedy_test)
     assert got.bases.shape == (X.shape[0], X.shape[1], m)  # B x d x m, absent directions as zero columns
     for j, (mem, U) in enumerate(want):
@@ -62,12 +71,36 @@ def random_proxies(rng, K, d, m):
     return R, V
 
 
-def check_everything(X, *, m, M, tau, subset_selection, n_alpha=4.0, n_beta=1.0, R=None, V=None, Z=None,
-                     qs=(1, 3), delta=1.0, context="", greedy_test="refit", distance_scale="absolute"):
+def check_everything(
+    X,
+    *,
+    m,
+    M,
+    tau,
+    subset_selection,
+    n_alpha=4.0,
+    n_beta=1.0,
+    R=None,
+    V=None,
+    Z=None,
+    qs=(1, 3),
+    delta=1.0,
+    context="",
+    greedy_test="refit",
+    distance_scale="absolute",
+):
     """Pieces, pairwise and proxy similarity (end to end, and from identical pieces) and all three loss terms."""
     X = np.asarray(X, dtype=np.float64)
-    sim = PLMSimilarity(n_alpha=n_alpha, n_beta=n_beta, piece_dim=m, max_candidates=M, tau=tau,
-                        subset_selection=subset_selection, greedy_test=greedy_test, distance_scale=distance_scale)
+    sim = PLMSimilarity(
+        n_alpha=n_alpha,
+        n_beta=n_beta,
+        piece_dim=m,
+        max_candidates=M,
+        tau=tau,
+        subset_selection=subset_selection,
+        greedy_test=greedy_test,
+        distance_scale=distance_scale,
+    )
     got_pieces, want_pieces = assert_pieces_match(X, m, M, tau, subset_selection, context, greedy_test)
     scale = ref.batch_scale(X) if distance_scale == "batch" else 1.0
     assert float(sim.scale(_t(X))) == pytest.approx(scale, rel=1e-12), f"{context} distance scale"
@@ -75,28 +108,42 @@ def check_everything(X, *, m, M, tau, subset_selection, n_alpha=4.0, n_beta=1.0,
     got_s = sim.pairwise(_t(X), got_pieces).numpy()
     np.testing.assert_allclose(got_s, want_s, rtol=0, atol=TOL, err_msg=f"{context} pairwise s (end to end)")
     same_pieces = _ref_pieces_as_package(X, want_pieces, m)
-    np.testing.assert_allclose(sim.pairwise(_t(X), same_pieces).numpy(), want_s, rtol=0, atol=TOL,
-                               err_msg=f"{context} pairwise s (reference pieces)")
+    np.testing.assert_allclose(
+        sim.pairwise(_t(X), same_pieces).numpy(),
+        want_s,
+        rtol=0,
+        atol=TOL,
+        err_msg=f"{context} pairwise s (reference pieces)",
+    )
     if Z is None:
         Z = np.random.default_rng(0).standard_normal(X.shape)
-    assert point_loss(_t(Z), _t(want_s), delta).item() == pytest.approx(
-        ref.point_loss(Z, want_s, delta), abs=TOL), f"{context} point loss"
+    assert point_loss(_t(Z), _t(want_s), delta).item() == pytest.approx(ref.point_loss(Z, want_s, delta), abs=TOL), (
+        f"{context} point loss"
+    )
     if R is None:
         return
     want_sp = ref.proxy_similarity(X, want_pieces, R, V, n_alpha, n_beta, scale)
     got_sp = sim.to_proxies(_t(X), got_pieces, _t(R), _t(V)).numpy()
     np.testing.assert_allclose(got_sp, want_sp, rtol=0, atol=TOL, err_msg=f"{context} proxy s (end to end)")
-    np.testing.assert_allclose(sim.to_proxies(_t(X), same_pieces, _t(R), _t(V)).numpy(), want_sp, rtol=0,
-                               atol=TOL, err_msg=f"{context} proxy s (reference pieces)")
+    np.testing.assert_allclose(
+        sim.to_proxies(_t(X), same_pieces, _t(R), _t(V)).numpy(),
+        want_sp,
+        rtol=0,
+        atol=TOL,
+        err_msg=f"{context} proxy s (reference pieces)",
+    )
     assert proxy_loss(_t(Z), _t(R), _t(want_sp), delta).item() == pytest.approx(
-        ref.proxy_loss(Z, R, want_sp, delta), abs=TOL), f"{context} proxy loss"
+        ref.proxy_loss(Z, R, want_sp, delta), abs=TOL
+    ), f"{context} proxy loss"
     for q in qs:  # proxy_pairs=nearest: each point's q most similar proxies (q > K: all of them)
         assert proxy_loss(_t(Z), _t(R), _t(want_sp), delta, nearest=q).item() == pytest.approx(
-            ref.proxy_loss(Z, R, want_sp, delta, nearest=q), abs=TOL), f"{context} proxy loss, nearest {q}"
+            ref.proxy_loss(Z, R, want_sp, delta, nearest=q), abs=TOL
+        ), f"{context} proxy loss, nearest {q}"
     for q in qs:
         got = neighbourhood_loss(_t(X), _t(want_sp), _t(R), _t(V), q).item()
-        assert got == pytest.approx(ref.neighbourhood_loss(X, want_sp, R, V, q), abs=TOL), \
+        assert got == pytest.approx(ref.neighbourhood_loss(X, want_sp, R, V, q), abs=TOL), (
             f"{context} neighbourhood loss, q={q}"
+        )
 
 
 # ---------------------------------------------------------------------------------- the reference's own sanity
@@ -128,6 +175,7 @@ def test_reference_candidates_break_ties_by_index():
 # (subset_selection, greedy_test): both greedy rules, and the "no subset selection" ablation.
 SELECTIONS = [(True, "refit"), (True, "current"), (False, "refit")]
 
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("B", [2, 3, 8, 30])
 @pytest.mark.parametrize("d", [1, 2, 5, 32])
@@ -145,11 +193,23 @@ def test_random_batches_match_reference(seed, B, d):
         R, V = random_proxies(rng, K, d, m)
         Z = rng.standard_normal((B, d))
         scale = "batch" if rng.random() < 0.5 else "absolute"
-        check_everything(X, m=m, M=M, tau=tau, subset_selection=subset_selection, n_alpha=n_alpha, n_beta=n_beta,
-                         R=R, V=V, Z=Z, qs=(1, 3, B + 2), delta=float(rng.uniform(0.5, 2.0)),
-                         greedy_test=greedy_test, distance_scale=scale,
-                         context=f"m={m} M={M} tau={tau:.3f} subset_selection={subset_selection} {greedy_test} "
-                                 f"{scale}")
+        check_everything(
+            X,
+            m=m,
+            M=M,
+            tau=tau,
+            subset_selection=subset_selection,
+            n_alpha=n_alpha,
+            n_beta=n_beta,
+            R=R,
+            V=V,
+            Z=Z,
+            qs=(1, 3, B + 2),
+            delta=float(rng.uniform(0.5, 2.0)),
+            greedy_test=greedy_test,
+            distance_scale=scale,
+            context=f"m={m} M={M} tau={tau:.3f} subset_selection={subset_selection} {greedy_test} {scale}",
+        )
 
 
 @pytest.mark.parametrize("tau", [0.05, 0.2, 0.5, 0.8, 0.99])
@@ -157,11 +217,12 @@ def test_greedy_threshold_sweep_on_a_noisy_curve(tau):
     # Points on a curved 1-D manifold with noise: tau decides which candidates are kept, in all ways.
     rng = np.random.default_rng(7)
     t = np.sort(rng.uniform(0, 3, 25))
-    X = np.stack([np.cos(t), np.sin(t), 0.3 * t ** 2], 1) + 0.05 * rng.standard_normal((25, 3))
+    X = np.stack([np.cos(t), np.sin(t), 0.3 * t**2], 1) + 0.05 * rng.standard_normal((25, 3))
     X = X[rng.permutation(25)]
     for m, greedy_test in itertools.product((1, 2), ("refit", "current")):
-        check_everything(X, m=m, M=8, tau=tau, subset_selection=True, greedy_test=greedy_test,
-                         context=f"m={m} {greedy_test}")
+        check_everything(
+            X, m=m, M=8, tau=tau, subset_selection=True, greedy_test=greedy_test, context=f"m={m} {greedy_test}"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- edge cases

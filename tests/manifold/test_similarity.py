@@ -1,4 +1,5 @@
 """PLM similarity and pieces against values worked out by hand."""
+
 import math
 
 import pytest
@@ -13,7 +14,7 @@ def test_distances_to_a_piece_by_hand():
     assert o.item() == pytest.approx(4.0)
     assert p.item() == pytest.approx(3.0)
     s = directed_similarity(o, p, n_alpha=4, n_beta=1)
-    assert s.item() == pytest.approx(3.0 ** -4 * 4.0 ** -1)  # (1 + 4/2)^-4 (1 + 3)^-1 = 1/324
+    assert s.item() == pytest.approx(3.0**-4 * 4.0**-1)  # (1 + 4/2)^-4 (1 + 3)^-1 = 1/324
 
 
 def test_points_on_one_line_get_in_plane_decay_only():
@@ -40,7 +41,7 @@ def test_greedy_pieces_and_similarity_by_hand():
     pieces = fit_pieces(x, piece_dim=1, max_candidates=2, tau=0.5)
     assert pieces.members.tolist() == [[False, True, True], [True, False, True], [True, True, False]]
     golden = (1 + math.sqrt(5)) / 2
-    lam_c = 4.5 + math.sqrt(4.5 ** 2 - 4)
+    lam_c = 4.5 + math.sqrt(4.5**2 - 4)
     expected_dirs = [_unit([0.0, 1.0]), _unit([1.0, -golden]), _unit([1.0, (1 - lam_c) / 2])]
     for j, u in enumerate(expected_dirs):
         got = pieces.bases[j, :, 0]
@@ -59,7 +60,7 @@ def test_greedy_pieces_and_similarity_by_hand():
             want = 1.0 if i == j else (s_directed(i, j) + s_directed(j, i)) / 2
             assert float(s[i, j]) == pytest.approx(want, rel=1e-9)
     # b from a's piece (e2): p = 0, o = 1 -> 1.5^-4
-    assert s_directed(1, 0) == pytest.approx(1.5 ** -4)
+    assert s_directed(1, 0) == pytest.approx(1.5**-4)
 
 
 def test_candidate_off_the_piece_is_rejected():

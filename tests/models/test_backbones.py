@@ -1,6 +1,7 @@
 """Backbones through the embedder: output shapes for vector (mlp) and image (small_cnn, googlenet, resnet50,
 bn_inception) input with every embedding size; pooling; the input space each backbone's weights expect; no pretrained
 weights for the small ones, and one clear line when the others cannot be downloaded."""
+
 from urllib.error import URLError
 
 import pytest
@@ -10,8 +11,13 @@ from torchvision.transforms import v2
 from plm_lightning.config import ConfigError, load_config
 from plm_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, INPUT_SPACES
 from plm_lightning.models.backbones import BACKBONES, PretrainedWeightsError, mlp, small_cnn
-from plm_lightning.models.head import (Embedder, EmbeddingHead, backbone_input_channels, backbone_input_space,
-                                       build_embedder)
+from plm_lightning.models.head import (
+    Embedder,
+    EmbeddingHead,
+    backbone_input_channels,
+    backbone_input_space,
+    build_embedder,
+)
 
 
 def test_mlp_features_and_embeddings():
@@ -29,8 +35,9 @@ def test_mlp_features_and_embeddings():
 
 
 def test_small_cnn_features_and_embeddings():
-    embedder = build_embedder("small_cnn", embedding_dim=16, pooling="avg+max", pretrained=False, in_channels=1,
-                              width=8)
+    embedder = build_embedder(
+        "small_cnn", embedding_dim=16, pooling="avg+max", pretrained=False, in_channels=1, width=8
+    )
     x = torch.randn(2, 1, 16, 16)
     assert embedder.backbone(x).shape == (2, 16, 8, 8)  # 2 * width channels, one 2x pooling
     assert embedder(x).shape == (2, 16)
@@ -51,8 +58,10 @@ def test_config_rejects_pretrained_mlp():
 @pytest.fixture(scope="module")
 def image_backbones():
     torch.manual_seed(0)
-    return {name: BACKBONES[name].build(pretrained=False, in_channels=3, width=0).eval()
-            for name in ("googlenet", "resnet50", "bn_inception")}
+    return {
+        name: BACKBONES[name].build(pretrained=False, in_channels=3, width=0).eval()
+        for name in ("googlenet", "resnet50", "bn_inception")
+    }
 
 
 @pytest.mark.parametrize("name,channels", [("googlenet", 1024), ("resnet50", 2048), ("bn_inception", 1024)])
@@ -92,8 +101,12 @@ def test_head_is_orthogonal_at_initialisation():
 
 def test_input_spaces():
     assert {n: s.input_space for n, s in BACKBONES.items()} == {
-        "small_cnn": "any", "mlp": "any", "googlenet": "imagenet_rgb", "resnet50": "imagenet_rgb",
-        "bn_inception": "caffe_bgr255"}
+        "small_cnn": "any",
+        "mlp": "any",
+        "googlenet": "imagenet_rgb",
+        "resnet50": "imagenet_rgb",
+        "bn_inception": "caffe_bgr255",
+    }
     assert all(s.input_space in INPUT_SPACES for s in BACKBONES.values())
     assert backbone_input_space("bn_inception") == "caffe_bgr255"
 

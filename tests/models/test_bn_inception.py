@@ -1,5 +1,6 @@
 """BN-Inception: the pretrainedmodels "bninception" architecture (shapes, parameter count, state-dict names), loading
 its published weight format, the input sizes it accepts, and a clear one-line error without network."""
+
 from urllib.error import URLError
 
 import pytest
@@ -8,8 +9,13 @@ import torch
 from plm_lightning.config import ConfigError, load_config
 from plm_lightning.models import backbones
 from plm_lightning.models.backbones import BACKBONES, PretrainedWeightsError
-from plm_lightning.models.bn_inception import (BLOCKS, WEIGHTS_URL, BNInception, bn_inception_map_size,
-                                               load_pretrained_state)
+from plm_lightning.models.bn_inception import (
+    BLOCKS,
+    WEIGHTS_URL,
+    BNInception,
+    bn_inception_map_size,
+    load_pretrained_state,
+)
 
 # Cadene's pretrainedmodels BNInception has 11,295,240 parameters; minus its 1024 x 1000 classifier (1,025,000):
 REFERENCE_BACKBONE_PARAMETERS = 10_270_240
@@ -38,17 +44,25 @@ def test_state_dict_names_are_those_of_the_published_weights(net):
     state = net.state_dict()
     # Spot checks against pretrainedmodels/models/bninception.py (name -> shape).
     expected = {
-        "conv1_7x7_s2.weight": (64, 3, 7, 7), "conv1_7x7_s2.bias": (64,), "conv1_7x7_s2_bn.running_mean": (64,),
-        "conv2_3x3_reduce.weight": (64, 64, 1, 1), "conv2_3x3.weight": (192, 64, 3, 3),
-        "inception_3a_1x1.weight": (64, 192, 1, 1), "inception_3a_pool_proj_bn.weight": (32,),
-        "inception_3c_3x3.weight": (160, 128, 3, 3), "inception_3c_double_3x3_2_bn.running_var": (96,),
-        "inception_4a_1x1.weight": (224, 576, 1, 1), "inception_4e_double_3x3_2.weight": (256, 256, 3, 3),
-        "inception_5a_1x1.weight": (352, 1056, 1, 1), "inception_5b_pool_proj_bn.bias": (128,),
+        "conv1_7x7_s2.weight": (64, 3, 7, 7),
+        "conv1_7x7_s2.bias": (64,),
+        "conv1_7x7_s2_bn.running_mean": (64,),
+        "conv2_3x3_reduce.weight": (64, 64, 1, 1),
+        "conv2_3x3.weight": (192, 64, 3, 3),
+        "inception_3a_1x1.weight": (64, 192, 1, 1),
+        "inception_3a_pool_proj_bn.weight": (32,),
+        "inception_3c_3x3.weight": (160, 128, 3, 3),
+        "inception_3c_double_3x3_2_bn.running_var": (96,),
+        "inception_4a_1x1.weight": (224, 576, 1, 1),
+        "inception_4e_double_3x3_2.weight": (256, 256, 3, 3),
+        "inception_5a_1x1.weight": (352, 1056, 1, 1),
+        "inception_5b_pool_proj_bn.bias": (128,),
     }
     for key, shape in expected.items():
         assert tuple(state[key].shape) == shape, key
-    assert not any(k.startswith(("inception_3c_1x1", "inception_3c_pool_proj", "inception_4e_1x1", "last_linear"))
-                   for k in state)
+    assert not any(
+        k.startswith(("inception_3c_1x1", "inception_3c_pool_proj", "inception_4e_1x1", "last_linear")) for k in state
+    )
     assert all(k.split(".")[0].startswith(("conv", "inception_")) for k in state)  # flat names, no nesting
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -60,8 +74,11 @@ def test_published_format_loads_strictly():
     """The published file stores batch-norm tensors as 1 x C, carries the classifier and no num_batches_tracked."""
     torch.manual_seed(1)
     source = BNInception()
-    published = {k: (v.unsqueeze(0) if v.dim() == 1 else v) for k, v in source.state_dict().items()
-                 if not k.endswith("num_batches_tracked")}
+    published = {
+        k: (v.unsqueeze(0) if v.dim() == 1 else v)
+        for k, v in source.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     published["last_linear.weight"] = torch.zeros(1000, 1024)
     published["last_linear.bias"] = torch.zeros(1000)
     target = BNInception()

@@ -1,5 +1,6 @@
 """model.freeze_bn: the backbone's batch norm keeps its running statistics and affine parameters through training
 steps, also after model.train() (which Lightning calls every epoch), while the rest of the network trains."""
+
 import lightning as L
 import torch
 from omegaconf import OmegaConf
@@ -17,14 +18,19 @@ def batch_norms(module: nn.Module) -> list[nn.Module]:
 
 def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Affine parameters, running statistics and counters of every batch-norm layer."""
-    return {f"{name}.{key}": value.clone() for name, bn in module.named_modules()
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm) for key, value in bn.state_dict().items()}
+    return {
+        f"{name}.{key}": value.clone()
+        for name, bn in module.named_modules()
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        for key, value in bn.state_dict().items()
+    }
 
 
 def small_embedder(freeze_bn: bool):
     torch.manual_seed(0)
-    return build_embedder("small_cnn", embedding_dim=8, pooling="avg+max", pretrained=False, in_channels=1, width=4,
-                          freeze_bn=freeze_bn)
+    return build_embedder(
+        "small_cnn", embedding_dim=8, pooling="avg+max", pretrained=False, in_channels=1, width=4, freeze_bn=freeze_bn
+    )
 
 
 def test_frozen_batch_norm_survives_train_and_a_step():
@@ -81,8 +87,15 @@ def test_frozen_batch_norm_through_lightning_epochs(tmp_path):
     conv_before = embedder.backbone[0][0].weight.clone()
     module = _Tiny(embedder)
     loader = DataLoader(TensorDataset(torch.randn(8, 1, 8, 8) + 2), batch_size=4)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, loader)
     assert len(module.bn_training_seen) == 2 * 2 * 4 and not any(module.bn_training_seen)
     after = bn_state(embedder.backbone)
@@ -102,8 +115,9 @@ def test_plm_module_freezes_student_and_teacher_batch_norm():
 
 
 def test_bn_inception_freeze_bn_keeps_all_69_layers_in_eval():
-    embedder = build_embedder("bn_inception", embedding_dim=64, pooling="avg+max", pretrained=False, in_channels=3,
-                              freeze_bn=True)
+    embedder = build_embedder(
+        "bn_inception", embedding_dim=64, pooling="avg+max", pretrained=False, in_channels=3, freeze_bn=True
+    )
     embedder.train()
     norms = batch_norms(embedder.backbone)
     assert len(norms) == 69 and not any(bn.training for bn in norms)

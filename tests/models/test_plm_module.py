@@ -1,9 +1,10 @@
 """The LightningModule: labels never reach the loss; the teacher stays frozen and in eval mode; EMA moves it."""
+
 import torch
+from omegaconf import OmegaConf
 
 from plm_lightning.config import load_config
 from plm_lightning.models.plm_module import PLMModule
-from omegaconf import OmegaConf
 
 
 def make_module(**overrides):

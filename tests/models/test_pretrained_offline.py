@@ -1,5 +1,6 @@
 """plm-fit without network and without cached weights: exit 2 with one line naming model.pretrained, before any
 training starts, and quickly (the download fails fast instead of hanging)."""
+
 import os
 import subprocess
 import sys
@@ -18,9 +19,22 @@ def test_plm_fit_offline_exits_2_with_one_line(tmp_path):
     run_dir = tmp_path / "run"
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml", f"model.backbone={backbone}",
-         "model.pretrained=true", "data.image_size=64", f"run.dir={run_dir}"],
-        capture_output=True, text=True, env=env, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.fit",
+            "--config",
+            "digits.yaml",
+            f"model.backbone={backbone}",
+            "model.pretrained=true",
+            "data.image_size=64",
+            f"run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert time.monotonic() - start < 60
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()

@@ -1,5 +1,6 @@
 """The supervised reference (method.name=supervised): labels reach its loss (unlike PLM's), its classifier rows
 follow the training classes, it trains through plm-fit with random batches, and plm-eval reads its checkpoint."""
+
 import csv
 import json
 import sys
@@ -37,8 +38,9 @@ def test_labels_drive_the_loss_and_map_to_classifier_rows():
     with torch.no_grad():
         module.classifier.zero_()
         module.classifier[:, 0] = 1.0
-    assert torch.allclose(module.training_step((images, labels, torch.arange(6)), 0)["loss"],
-                          torch.tensor(3.0).log(), atol=1e-5)
+    assert torch.allclose(
+        module.training_step((images, labels, torch.arange(6)), 0)["loss"], torch.tensor(3.0).log(), atol=1e-5
+    )
 
 
 def test_random_batches_are_a_function_of_seed_and_epoch_and_disjoint_across_ranks():
@@ -58,8 +60,16 @@ def test_random_batches_are_a_function_of_seed_and_epoch_and_disjoint_across_ran
 @pytest.mark.slow
 def test_supervised_fit_and_eval_on_digits(tmp_path):
     run_dir = tmp_path / "sup"
-    result = run_cli("fit", "--config", "digits.yaml", "method.name=supervised", "data.batch_size=64",
-                     "trainer.max_epochs=2", f"run.dir={run_dir}", "eval.plots=true")
+    result = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        "method.name=supervised",
+        "data.batch_size=64",
+        "trainer.max_epochs=2",
+        f"run.dir={run_dir}",
+        "eval.plots=true",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]

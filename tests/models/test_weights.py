@@ -1,5 +1,6 @@
 """model.weights=PATH: the backbone starts from a local file (a plm-fit checkpoint, a state_dict, or the published
 file of the backbone's pretrained weights); a file that does not fit stops the run with one line."""
+
 import sys
 from pathlib import Path
 
@@ -100,13 +101,15 @@ def test_fit_starts_from_the_file_and_bad_files_exit_2(tmp_path):
     path = tmp_path / "donor.pt"
     torch.save(donor.student.backbone.state_dict(), path)
     torch.manual_seed(123)  # another initialisation everywhere else
-    module = PLMModule(OmegaConf.to_container(load_config("digits.yaml", [f"model.weights={path}"]), resolve=True),
-                       in_channels=1)
+    module = PLMModule(
+        OmegaConf.to_container(load_config("digits.yaml", [f"model.weights={path}"]), resolve=True), in_channels=1
+    )
     assert same_weights(module.student.backbone, donor.student.backbone)
     assert same_weights(module.teacher.backbone, donor.student.backbone)  # the teacher starts as the student
 
-    result = run_cli("fit", "--config", "digits.yaml", f"model.weights={tmp_path / 'missing.pt'}",
-                     f"run.dir={tmp_path / 'r1'}")
+    result = run_cli(
+        "fit", "--config", "digits.yaml", f"model.weights={tmp_path / 'missing.pt'}", f"run.dir={tmp_path / 'r1'}"
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "model.weights" in result.stderr and "does not exist" in result.stderr
     torch.save(small(width=16).state_dict(), path)

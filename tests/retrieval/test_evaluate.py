@@ -1,16 +1,14 @@
 """evaluate_embeddings end to end: hand-computed example, brute force, duplicates, errors."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle import orderings
 
 from plm_lightning.retrieval import evaluate_embeddings, faiss_available, format_recall_table
 
 BACKENDS = [
-    pytest.param(
-        "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
-    ),
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")),
     "torch",
 ]
 
@@ -27,9 +25,7 @@ def test_hand_computed_example(backend):
     #   q5 x=20  L2: singleton            R=0  miss       excluded from MAP@R
     x = torch.tensor([[0.0], [1.0], [3.0], [6.0], [6.5], [20.0]])
     labels = torch.tensor([0, 0, 1, 1, 0, 2])
-    metrics = evaluate_embeddings(
-        x, labels, ks=(1, 2, 4), normalize=False, backend=backend, compute_nmi=False
-    )
+    metrics = evaluate_embeddings(x, labels, ks=(1, 2, 4), normalize=False, backend=backend, compute_nmi=False)
     assert list(metrics) == ["R@1", "R@2", "R@4", "MAP@R", "R-precision"]
     assert metrics["R@1"] == pytest.approx(100 * 2 / 6)
     assert metrics["R@2"] == pytest.approx(100 * 3 / 6)
@@ -50,32 +46,14 @@ def test_duplicate_of_another_class_is_the_first_neighbour(backend):
     assert metrics["R@1"] == pytest.approx(100 * 3 / 5)
 
 
-def oracle_rankings(x):
-    """Full ranking of all other items by (float32 distance, index), in Python loops."""
-    rows = x.double().tolist()
-    rankings = []
-    for i, q in enumerate(rows):
-        scored = []
-        for j, g in enumerate(rows):
-            if j == i:
-                continue
-            acc = 0.0
-            for a, b in zip(q, g):
-                acc += (b - a) * (b - a)
-            scored.append((float(np.float32(acc)), j))
-        rankings.append([j for _, j in sorted(scored)])
-    return rankings
-
-
 def brute_force_evaluation(x, labels, ks):
+    """Metrics by their textbook definitions (precision at each position of the top R), over the shared oracle's
+    orderings: a second formula, independent of the ranks-of-positives one."""
     labels = labels.tolist()
-    rankings = oracle_rankings(x)
+    rankings = orderings(x, x, exclude_self=True)
     n = len(labels)
     recall = {
-        f"R@{k}": 100.0
-        * sum(labels[i] in [labels[j] for j in rankings[i][:k]] for i in range(n))
-        / n
-        for k in ks
+        f"R@{k}": 100.0 * sum(labels[i] in [labels[j] for j in rankings[i][:k]] for i in range(n)) / n for k in ks
     }
     aps, rps = [], []
     for i in range(n):
@@ -97,9 +75,7 @@ def brute_force_evaluation(x, labels, ks):
 def test_against_brute_force(backend):
     gen = torch.Generator().manual_seed(0)
     # 30 classes of two, 15 singletons, 2 classes of five; classes are weakly clustered.
-    labels = torch.cat(
-        [torch.arange(30).repeat(2), torch.arange(30, 45), torch.arange(45, 47).repeat(5)]
-    )
+    labels = torch.cat([torch.arange(30).repeat(2), torch.arange(30, 45), torch.arange(45, 47).repeat(5)])
     labels = labels[torch.randperm(len(labels), generator=gen)]
     centres = torch.randn(47, 6, generator=gen)
     x = centres[labels] + 0.8 * torch.randn(len(labels), 6, generator=gen)

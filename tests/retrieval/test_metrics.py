@@ -30,12 +30,8 @@ def test_hand_computed_example():
     # R@1: only query 1 hits. R@2 and R@4: queries 0, 1, 2 hit; query 3 never can.
     assert recall == pytest.approx({1: 25.0, 2: 75.0, 4: 75.0})
     # MAP@R = (1/4 + 1 + 7/18) / 3 = 59/108; R-precision = (1/2 + 1 + 2/3) / 3 = 13/18.
-    assert map_at_r(neighbour_labels, query_labels, num_positives) == pytest.approx(
-        100 * 59 / 108
-    )
-    assert r_precision(neighbour_labels, query_labels, num_positives) == pytest.approx(
-        100 * 13 / 18
-    )
+    assert map_at_r(neighbour_labels, query_labels, num_positives) == pytest.approx(100 * 59 / 108)
+    assert r_precision(neighbour_labels, query_labels, num_positives) == pytest.approx(100 * 13 / 18)
 
 
 def brute_force_metrics(neighbour_labels, query_labels, num_positives, ks):
@@ -59,9 +55,7 @@ def brute_force_metrics(neighbour_labels, query_labels, num_positives, ks):
 def test_against_brute_force_on_random_rankings():
     gen = torch.Generator().manual_seed(0)
     # 40 classes of two, 10 singletons, 3 classes of six.
-    labels = torch.cat(
-        [torch.arange(40).repeat(2), torch.arange(40, 50), torch.arange(50, 53).repeat(6)]
-    )
+    labels = torch.cat([torch.arange(40).repeat(2), torch.arange(40, 50), torch.arange(50, 53).repeat(6)])
     n = len(labels)
     num_positives = torch.bincount(labels)[labels] - 1
     # Each query ranks all other items in a random order (self removed).

@@ -22,6 +22,7 @@ classes: exact duplicates across classes, integer grids) the oracle uses ``Stabl
 and the same PML self-removal, but a stable sort, i.e. ties by index. Plain CustomKNN is compared on data whose only
 ties are between items of the same class, which no metric can see.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -32,16 +33,18 @@ try:
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN, return_results
 except ImportError as exc:  # the `test` extra installs it
-    pytest.skip(f"pytorch-metric-learning is not installed ({exc}); pip install -e '.[test]'",
-                allow_module_level=True)
+    pytest.skip(f"pytorch-metric-learning is not installed ({exc}); pip install -e '.[test]'", allow_module_level=True)
 
 from plm_lightning.retrieval import evaluate_embeddings, faiss_available
 
 KS = (1, 2, 4, 8)
 TOL = 1e-6
 # "auto" and "torch" (the default rank-counting engine of the core); "faiss" selects its top-k search engine.
-BACKENDS = ("auto", "torch", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(),
-                                                                             reason="faiss is not installed")))
+BACKENDS = (
+    "auto",
+    "torch",
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")),
+)
 
 
 class RecallAtKCalculator(AccuracyCalculator):
@@ -95,10 +98,11 @@ class ReversedTiesKNN(CustomKNN):
 
 def pml_metrics(x, labels, knn_cls=StableCustomKNN):
     calc = RecallAtKCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r", "r_precision")
-        + tuple(f"recall_at_{k}" for k in KS),
-        k="max_bin_count", device=torch.device("cpu"),
-        knn_func=knn_cls(LpDistance(normalize_embeddings=False, power=2)))
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision") + tuple(f"recall_at_{k}" for k in KS),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+        knn_func=knn_cls(LpDistance(normalize_embeddings=False, power=2)),
+    )
     # PML >= 2: the same-set call omits the reference (query = reference, self removed by index).
     result = calc.get_accuracy(x, labels)
     assert result["recall_at_1"] == pytest.approx(result["precision_at_1"], abs=1e-12)  # the subclass is sound
@@ -119,6 +123,7 @@ def assert_same(our, pml, scale=1.0):
 
 
 # --- data -----------------------------------------------------------------------------------------------------------
+
 
 def class_sizes(rng, pairs=150, larger=12):
     """Many classes of size 2 (R = 1: MAP@R and R-precision equal R@1 per query) and some of size 3..12; the largest
@@ -162,6 +167,7 @@ def integer_grid(seed):
 
 
 # --- comparisons ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("normalize", [False, True])

@@ -2,77 +2,27 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle import oracle_metrics, oracle_ranks
 
+from plm_lightning.retrieval import evaluate as evaluate_module
 from plm_lightning.retrieval import (
     evaluate_embeddings,
     evaluate_query_gallery,
     faiss_available,
     positive_ranks,
 )
-from plm_lightning.retrieval import evaluate as evaluate_module
 from plm_lightning.retrieval import metrics as metrics_module
 from plm_lightning.retrieval import ranks as ranks_module
 from plm_lightning.retrieval import search as search_module
 from plm_lightning.retrieval.ranks import RANK_BEYOND, canonical_sq_dist
 
 BACKENDS = [
-    pytest.param(
-        "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
-    ),
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")),
     "torch",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Oracles
-
-
-def orderings(query, gallery, exclude_self):
-    """Per query, all gallery indices sorted by (float32(float64 sum of squares), index)."""
-    q_rows = query.float().double().tolist()
-    g_rows = gallery.float().double().tolist()
-    result = []
-    for i, q in enumerate(q_rows):
-        scored = []
-        for j, g in enumerate(g_rows):
-            if exclude_self and i == j:
-                continue
-            acc = 0.0
-            for a, b in zip(q, g):
-                acc += (b - a) * (b - a)
-            scored.append((float(np.float32(acc)), j))
-        result.append([j for _, j in sorted(scored)])
-    return result
-
-
-def oracle_ranks(query, q_labels, gallery, g_labels, exclude_self):
-    """Sorted ranks of each query's positives in its full ordering."""
-    q_labels, g_labels = q_labels.tolist(), g_labels.tolist()
-    out = []
-    for i, order in enumerate(orderings(query, gallery, exclude_self)):
-        out.append([pos for pos, j in enumerate(order) if g_labels[j] == q_labels[i]])
-    return out
-
-
-def oracle_metrics(query, q_labels, gallery, g_labels, ks, exclude_self):
-    ranks = oracle_ranks(query, q_labels, gallery, g_labels, exclude_self)
-    n = len(ranks)
-    metrics = {f"R@{k}": 100.0 * sum(bool(r) and r[0] < k for r in ranks) / n for k in ks}
-    aps, rps = [], []
-    for r in ranks:
-        big_r = len(r)
-        if big_r == 0:
-            continue
-        inside = [(j, rank) for j, rank in enumerate(r) if rank < big_r]
-        aps.append(sum((j + 1) / (rank + 1) for j, rank in inside) / big_r)
-        rps.append(len(inside) / big_r)
-    metrics["MAP@R"] = 100 * sum(aps) / len(aps) if aps else math.nan
-    metrics["R-precision"] = 100 * sum(rps) / len(rps) if rps else math.nan
-    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,13 +152,9 @@ def test_same_set_metrics_match_oracle_and_search(name, label_kind):
 def test_rank_engine_equals_search_backends(backend):
     x, labels = clustered_data()
     for ks, map_r in (((1, 2, 4, 8), True), ((1, 10, 100), True), ((1, 5), False)):
-        search = evaluate_embeddings(
-            x, labels, ks, engine="search", backend=backend, map_r=map_r, compute_nmi=False
-        )
+        search = evaluate_embeddings(x, labels, ks, engine="search", backend=backend, map_r=map_r, compute_nmi=False)
         for budget in (1e-4, 0.05, 256.0):
-            ours = evaluate_embeddings(
-                x, labels, ks, map_r=map_r, compute_nmi=False, memory_budget_mb=budget
-            )
+            ours = evaluate_embeddings(x, labels, ks, map_r=map_r, compute_nmi=False, memory_budget_mb=budget)
             assert ours == search
 
 
@@ -239,9 +185,7 @@ def test_all_identical_points_tie_by_index():
         assert got[0] == want[0]
         assert [g for g in got[1:]] == [w if w < r else RANK_BEYOND for w in want[1:]]
     metrics = evaluate_embeddings(x, labels, (1, 2, 4), normalize=False, compute_nmi=False)
-    search = evaluate_embeddings(
-        x, labels, (1, 2, 4), normalize=False, compute_nmi=False, engine="search"
-    )
+    search = evaluate_embeddings(x, labels, (1, 2, 4), normalize=False, compute_nmi=False, engine="search")
     assert metrics == search
 
 
@@ -265,9 +209,7 @@ def test_half_precision_and_engine_choice(monkeypatch):
     # engine="auto" uses the rank engine unless faiss is asked for explicitly.
     calls = []
     real = evaluate_module.positive_ranks
-    monkeypatch.setattr(
-        evaluate_module, "positive_ranks", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+    monkeypatch.setattr(evaluate_module, "positive_ranks", lambda *a, **k: calls.append(1) or real(*a, **k))
     evaluate_embeddings(x, labels, (1,), compute_nmi=False)
     evaluate_embeddings(x, labels, (1,), compute_nmi=False, backend="torch")
     assert len(calls) == 2
@@ -341,14 +283,27 @@ def test_query_gallery_matches_oracle(budget):
         g = F.normalize(gallery, dim=1) if normalize else gallery
         expected = oracle_metrics(q, ql, g, gl, ks, exclude_self=False)
         ours = evaluate_query_gallery(
-            query, ql, gallery, gl, ks, normalize=normalize, compute_nmi=False,
+            query,
+            ql,
+            gallery,
+            gl,
+            ks,
+            normalize=normalize,
+            compute_nmi=False,
             memory_budget_mb=budget,
         )
         assert list(ours) == [f"R@{k}" for k in ks] + ["MAP@R", "R-precision"]
         assert ours == pytest.approx(expected, abs=1e-9)
         search = evaluate_query_gallery(
-            query, ql, gallery, gl, ks, normalize=normalize, compute_nmi=False,
-            engine="search", backend="torch",
+            query,
+            ql,
+            gallery,
+            gl,
+            ks,
+            normalize=normalize,
+            compute_nmi=False,
+            engine="search",
+            backend="torch",
         )
         assert ours == search
 
@@ -357,9 +312,7 @@ def test_query_gallery_matches_oracle(budget):
 def test_query_gallery_search_backends_agree(backend):
     query, ql, gallery, gl = query_gallery_data(seed=7)
     ours = evaluate_query_gallery(query, ql, gallery, gl, (1, 5), compute_nmi=False)
-    search = evaluate_query_gallery(
-        query, ql, gallery, gl, (1, 5), compute_nmi=False, engine="search", backend=backend
-    )
+    search = evaluate_query_gallery(query, ql, gallery, gl, (1, 5), compute_nmi=False, engine="search", backend=backend)
     assert ours == search
 
 
@@ -374,25 +327,19 @@ def test_query_gallery_ranks_and_nmi():
         assert result.ranks[q, :r].tolist() == want
     metrics = evaluate_query_gallery(query, ql, gallery, gl, (1,), seed=0)
     assert set(metrics) == {"R@1", "MAP@R", "R-precision", "NMI"}
-    assert metrics["NMI"] == pytest.approx(
-        metrics_module.nmi(F.normalize(query, dim=1), ql, seed=0)
-    )
+    assert metrics["NMI"] == pytest.approx(metrics_module.nmi(F.normalize(query, dim=1), ql, seed=0))
 
 
 def test_query_gallery_label_dtypes():
     query, ql, gallery, gl = query_gallery_data()
     reference = evaluate_query_gallery(query, ql, gallery, gl, (1, 5), compute_nmi=False)
-    mixed = evaluate_query_gallery(
-        query, ql.int(), gallery, gl.long(), (1, 5), compute_nmi=False
-    )
+    mixed = evaluate_query_gallery(query, ql.int(), gallery, gl.long(), (1, 5), compute_nmi=False)
     assert mixed == reference
 
 
 def test_query_gallery_no_positive_at_all():
     query, gallery = torch.randn(4, 3), torch.randn(6, 3)
-    metrics = evaluate_query_gallery(
-        query, torch.arange(4), gallery, torch.arange(10, 16), (1, 6), compute_nmi=False
-    )
+    metrics = evaluate_query_gallery(query, torch.arange(4), gallery, torch.arange(10, 16), (1, 6), compute_nmi=False)
     assert metrics["R@1"] == metrics["R@6"] == 0.0
     assert math.isnan(metrics["MAP@R"]) and math.isnan(metrics["R-precision"])
 
@@ -402,13 +349,18 @@ def test_query_gallery_no_positive_at_all():
     [
         ((torch.randn(4, 3), torch.arange(4), torch.randn(5, 2), torch.arange(5)), {}, "differ"),
         ((torch.randn(4, 3), torch.arange(3), torch.randn(5, 3), torch.arange(5)), {}, "4 query"),
-        ((torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5), (6,)), {},
-         r"max\(ks\)=6 exceeds the 5 gallery"),
+        (
+            (torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5), (6,)),
+            {},
+            r"max\(ks\)=6 exceeds the 5 gallery",
+        ),
         ((torch.randn(0, 3), torch.arange(0), torch.randn(5, 3), torch.arange(5)), {}, "empty"),
-        ((torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5)),
-         {"engine": "annoy"}, "engine must be one of"),
-        ((torch.randn(4, 3), torch.arange(4), torch.randn(5, 3) * math.nan, torch.arange(5)), {},
-         "NaN or inf"),
+        (
+            (torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5)),
+            {"engine": "annoy"},
+            "engine must be one of",
+        ),
+        ((torch.randn(4, 3), torch.arange(4), torch.randn(5, 3) * math.nan, torch.arange(5)), {}, "NaN or inf"),
     ],
 )
 def test_query_gallery_errors(args, kwargs, message):

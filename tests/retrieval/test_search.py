@@ -1,40 +1,16 @@
 """knn_search against a brute-force oracle: random data, exact duplicates, heavy ties."""
 
-import numpy as np
 import pytest
 import torch
+from oracle import brute_force_knn
 
 from plm_lightning.retrieval import faiss_available, knn_search
 from plm_lightning.retrieval import search as search_module
 
 BACKENDS = [
-    pytest.param(
-        "faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
-    ),
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed")),
     "torch",
 ]
-
-
-def brute_force_knn(query, gallery, k, exclude_self=False):
-    """Python-loop oracle: float64 sum of squared differences (rounded to float32, the documented
-    distance), sorted by (distance, gallery index); self removed by index."""
-    q_rows = query.float().double().tolist()
-    g_rows = gallery.float().double().tolist()
-    dists, idxs = [], []
-    for i, q in enumerate(q_rows):
-        scored = []
-        for j, g in enumerate(g_rows):
-            if exclude_self and i == j:
-                continue
-            acc = 0.0
-            for a, b in zip(q, g):
-                diff = b - a
-                acc += diff * diff
-            scored.append((float(np.float32(acc)), j))
-        scored.sort()
-        dists.append([d for d, _ in scored[:k]])
-        idxs.append([j for _, j in scored[:k]])
-    return torch.tensor(dists, dtype=torch.float32), torch.tensor(idxs, dtype=torch.int64)
 
 
 def random_data(n=120, d=8, seed=0):

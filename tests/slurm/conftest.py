@@ -6,6 +6,7 @@ shows the node idle, and stops the daemons by the PIDs it recorded. Own ports an
 any other cluster on the machine. Tests skip, with the reason, only when the binaries are not installed; a cluster
 that is installed but does not come up is an error (with the daemon logs), not a skip.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,17 @@ import pytest
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol", "scancel", "setpriv")
 # Job states after which a job never runs again by itself (a requeued job passes through PENDING instead).
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def _missing_binaries() -> list[str]:
@@ -105,12 +115,12 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 KillWait=10
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
-SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={root / 'log' / 'slurmd.log'}
-SlurmctldPidFile={root / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={root / 'run' / 'slurmd.pid'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool"}
+SlurmctldLogFile={root / "log" / "slurmctld.log"}
+SlurmdLogFile={root / "log" / "slurmd.log"}
+SlurmctldPidFile={root / "run" / "slurmctld.pid"}
+SlurmdPidFile={root / "run" / "slurmd.pid"}
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
@@ -133,8 +143,10 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def slurm_cluster(tmp_path_factory) -> SlurmCluster:
     missing = _missing_binaries()
     if missing:
-        pytest.skip(f"SLURM/munge not installed (missing {', '.join(missing)}); "
-                    "apt-get install slurmctld slurmd slurm-client munge (see .ci/run)")
+        pytest.skip(
+            f"SLURM/munge not installed (missing {', '.join(missing)}); "
+            "apt-get install slurmctld slurmd slurm-client munge (see .ci/run)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the one-node SLURM cluster runs its daemons as root (SlurmUser=root) and munged as user munge")
     root = tmp_path_factory.mktemp("slurm")
@@ -145,25 +157,50 @@ def slurm_cluster(tmp_path_factory) -> SlurmCluster:
     munge_socket = munge_dir / "munge.socket"
     conf = _write_conf(root, munge_socket)
     env = dict(os.environ, SLURM_CONF=str(conf))
-    logs = {"munged": munge_dir / "munged.log", "slurmctld": root / "log" / "slurmctld.log",
-            "slurmd": root / "log" / "slurmd.log", "daemon output": root / "log" / "daemons.out"}
+    logs = {
+        "munged": munge_dir / "munged.log",
+        "slurmctld": root / "log" / "slurmctld.log",
+        "slurmd": root / "log" / "slurmd.log",
+        "daemon output": root / "log" / "daemons.out",
+    }
     cluster = SlurmCluster(root, conf, env, logs)
     procs: list[subprocess.Popen] = []
     daemon_out = open(root / "log" / "daemons.out", "w")
     try:
-        procs.append(subprocess.Popen(
-            ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "munged", "-F", f"--socket={munge_socket}",
-             f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={logs['munged']}",
-             f"--seed-file={munge_dir / 'munged.seed'}"], stdout=daemon_out, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    "setpriv",
+                    "--reuid=munge",
+                    "--regid=munge",
+                    "--init-groups",
+                    "munged",
+                    "-F",
+                    f"--socket={munge_socket}",
+                    f"--pid-file={munge_dir / 'munged.pid'}",
+                    f"--log-file={logs['munged']}",
+                    f"--seed-file={munge_dir / 'munged.seed'}",
+                ],
+                stdout=daemon_out,
+                stderr=subprocess.STDOUT,
+            )
+        )
         deadline = time.monotonic() + 20
         while not munge_socket.exists():
             if procs[0].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"munged did not start\n{cluster.daemon_logs()}")
             time.sleep(0.1)
-        procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env, stdout=daemon_out,
-                                      stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f", str(conf)], env=env, stdout=daemon_out,
-                                      stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env, stdout=daemon_out, stderr=subprocess.STDOUT)
+        )
+        procs.append(
+            subprocess.Popen(
+                ["slurmd", "-D", "-N", "localhost", "-f", str(conf)],
+                env=env,
+                stdout=daemon_out,
+                stderr=subprocess.STDOUT,
+            )
+        )
         deadline = time.monotonic() + 60
         state: Optional[str] = None
         while True:
@@ -173,8 +210,10 @@ def slurm_cluster(tmp_path_factory) -> SlurmCluster:
                 break
             dead = [p.args[0] for p in procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"the SLURM node did not become idle (sinfo: {state!r} {result.stderr.strip()!r}; "
-                                   f"exited: {dead})\n{cluster.daemon_logs()}")
+                raise RuntimeError(
+                    f"the SLURM node did not become idle (sinfo: {state!r} {result.stderr.strip()!r}; "
+                    f"exited: {dead})\n{cluster.daemon_logs()}"
+                )
             time.sleep(0.2)
         yield cluster
     finally:

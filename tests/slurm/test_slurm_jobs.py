@@ -1,5 +1,6 @@
 """plm-slurm jobs on a real one-node SLURM cluster (tests/slurm/conftest.py): a 2-task CPU DDP run, and a run that
 receives SIGUSR1, checkpoints, requeues itself and resumes. Each test prints its wall time (pytest -s shows it)."""
+
 import json
 import os
 import re
@@ -11,8 +12,12 @@ import pytest
 import torch
 
 # Small digits runs (as in tests/cli/test_resume.py): deterministic, in-process data loading (data.num_workers=0).
-KNOBS = ["trainer.deterministic=true", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
-         "data.num_workers=0"]
+KNOBS = [
+    "trainer.deterministic=true",
+    "trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false",
+    "data.num_workers=0",
+]
 COMPARED = ("initial", "final", "best", "best_epoch", "history")
 
 
@@ -25,9 +30,26 @@ def _env(cluster, wandb_mode="disabled"):
 
 def submit(cluster, run_dir, *args, wandb_mode="disabled"):
     result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.slurm", "--config", "digits.yaml", "--nodes", "1", "--time",
-         "00:15:00", *args, *KNOBS, f"run.dir={run_dir}"],
-        capture_output=True, text=True, env=_env(cluster, wandb_mode), cwd=run_dir.parent, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "plm_lightning.cli.slurm",
+            "--config",
+            "digits.yaml",
+            "--nodes",
+            "1",
+            "--time",
+            "00:15:00",
+            *args,
+            *KNOBS,
+            f"run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(cluster, wandb_mode),
+        cwd=run_dir.parent,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     job_id = re.search(r"submitted job (\d+)", result.stdout).group(1)
     assert str(run_dir / "slurm" / f"{job_id}.out") in result.stdout
@@ -36,11 +58,17 @@ def submit(cluster, run_dir, *args, wandb_mode="disabled"):
 
 def run_fit(run_dir, *args):
     # Not a SLURM job even when pytest itself runs inside one.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("WANDB_API_KEY", "PLM_RUN_DIR")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("WANDB_API_KEY", "PLM_RUN_DIR")
+    }
     env.update(WANDB_MODE="disabled", WANDB_SILENT="true")
-    result = subprocess.run([sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml", *KNOBS, *args,
-                             f"run.dir={run_dir}"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml", *KNOBS, *args, f"run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -67,8 +95,9 @@ def test_two_task_cpu_ddp_job_matches_plain_runs(slurm_cluster, tmp_path):
 
     # Two SLURM tasks, each a rank of one DDP group (Lightning's SLURMEnvironment: no process launched by Lightning).
     # (Each of the two tasks launching its own pair of processes would print four of these.)
-    assert re.findall(r"MEMBER: \d/\d", text) in (["MEMBER: 1/2", "MEMBER: 2/2"], ["MEMBER: 2/2", "MEMBER: 1/2"]), \
-        text[-3000:]
+    assert re.findall(r"MEMBER: \d/\d", text) in (["MEMBER: 1/2", "MEMBER: 2/2"], ["MEMBER: 2/2", "MEMBER: 1/2"]), text[
+        -3000:
+    ]
     # The initial network is the same everywhere, so its evaluation equals the single-process one exactly; the
     # training shards batches by rank, so the rest equals a plain 2-process DDP run of the same config exactly.
     assert job["initial"] is not None and job["initial"] == single["initial"] == ddp["initial"]
@@ -83,16 +112,18 @@ def test_sigusr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, tmp_pat
     start = time.monotonic()
     epochs = "trainer.max_epochs=3"
     job_dir = tmp_path / "slurm-requeue"
-    job_id = submit(slurm_cluster, job_dir, "--cpu-tasks-per-node", "1", epochs, "logger.wandb=true",
-                    wandb_mode="offline")
+    job_id = submit(
+        slurm_cluster, job_dir, "--cpu-tasks-per-node", "1", epochs, "logger.wandb=true", wandb_mode="offline"
+    )
     log = job_dir / "slurm" / f"{job_id}.out"
 
     # Signal once the first epoch is done (its last.ckpt exists), as SLURM does ahead of the time limit.
     deadline = time.monotonic() + 240
     while not (job_dir / "checkpoints" / "last.ckpt").exists():
         info = slurm_cluster.job(job_id)
-        assert info.get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), \
+        assert info.get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), (
             f"{info}\n{log.read_text()[-4000:] if log.exists() else ''}"
+        )
         assert time.monotonic() < deadline, "the job did not finish its first epoch"
         time.sleep(0.2)
     wandb_id = (job_dir / "wandb_id.txt").read_text()
@@ -121,8 +152,10 @@ def test_sigusr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, tmp_pat
     assert [h["epoch"] for h in job["history"]] == [0, 1, 2]
     for key in COMPARED:
         assert job[key] == reference[key], key
-    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-            for d in (tmp_path / "reference", job_dir))
+    a, b = (
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for d in (tmp_path / "reference", job_dir)
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # The restart continued the same W&B run (offline: two run folders of one run id).

@@ -1,4 +1,5 @@
 """Checkpoints are data: files that need arbitrary unpickling are refused, saves are atomic."""
+
 import pickle
 
 import pytest

@@ -1,4 +1,5 @@
 """Atomic writes: the old file or the new one, never half of it, and the permissions a plain write would give."""
+
 import os
 import stat
 

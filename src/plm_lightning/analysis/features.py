@@ -1,4 +1,5 @@
 """Features of the training split for analyses: raw inputs, the untrained network, or a checkpoint's teacher."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -35,8 +36,9 @@ def raw_features(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def training_features(cfg: DictConfig, features: str, ckpt: Optional[str] = None,
-                      device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def training_features(
+    cfg: DictConfig, features: str, ckpt: Optional[str] = None, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings N x d, labels N) of the training split, in dataset order, normalised as the teacher's are."""
     if features not in FEATURES:
         raise ValueError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}")

@@ -12,6 +12,7 @@ Reference rows that need no training: the raw input (pixels as vectors), the ran
 pretrained backbone before any training on the target ("pretrained only": the initial evaluation of the PLM runs).
 A run whose folder already holds a finished run of the same config is reused, so an interrupted ladder continues.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,9 +74,15 @@ KNOBS: tuple[Rung, ...] = (
 RUNG_SETS = {"ladder": LADDER, "knobs": KNOBS}
 REFERENCES = ("raw input", "random network", "pretrained only")
 # The orderings the paper reports (a > b), checked on the ladder's final R@1.
-PAPER_ORDER = (("PLM", "pretrained only"), ("PLM", "no subset selection"), ("PLM", "no proxies"),
-               ("PLM", "binary similarity"), ("PLM", "binary k-NN"), ("PLM", "Gaussian kernel"),
-               ("Gaussian kernel", "k-means"))
+PAPER_ORDER = (
+    ("PLM", "pretrained only"),
+    ("PLM", "no subset selection"),
+    ("PLM", "no proxies"),
+    ("PLM", "binary similarity"),
+    ("PLM", "binary k-NN"),
+    ("PLM", "Gaussian kernel"),
+    ("Gaussian kernel", "k-means"),
+)
 
 
 def pretrain_config_for(config_path: str) -> Optional[str]:
@@ -138,8 +145,16 @@ def reference_metrics(cfg: DictConfig, which: str) -> dict[str, float]:
     else:
         _, emb, lab = embed_loader(module.student, loader, torch.device("cpu"))
     e = cfg.eval
-    return evaluate_embeddings(emb, lab, list(e.ks), backend=e.backend, normalize=e.normalize, map_r=e.map_r,
-                               compute_nmi=e.nmi, seed=cfg.run.seed)
+    return evaluate_embeddings(
+        emb,
+        lab,
+        list(e.ks),
+        backend=e.backend,
+        normalize=e.normalize,
+        map_r=e.map_r,
+        compute_nmi=e.nmi,
+        seed=cfg.run.seed,
+    )
 
 
 # --- aggregation --------------------------------------------------------------------------------------------------
@@ -174,8 +189,7 @@ def goal_checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             checks.append({"check": f"{better} > {worse}", "gap": gap, "std": spread, "holds": gap > spread})
     if "PLM" in rows and "pretrained only" in rows:
         gap = rows["PLM"]["R@1"] - rows["pretrained only"]["R@1"]
-        checks.append({"check": "PLM beats pretrained only by >= 10 R@1", "gap": gap, "std": None,
-                       "holds": gap >= 10})
+        checks.append({"check": "PLM beats pretrained only by >= 10 R@1", "gap": gap, "std": None, "holds": gap >= 10})
     if "PLM" in rows:
         gap = rows["PLM"]["best_R@1"] - rows["PLM"]["R@1"]
         checks.append({"check": "PLM's final R@1 within 1 of its best", "gap": gap, "std": None, "holds": gap <= 1})
@@ -190,14 +204,18 @@ def _fmt(row: dict[str, Any], metric: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]], header: str) -> str:
-    lines = [header, "",
-             "| rung | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | best R@1 (epochs) | seeds | s / run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| rung | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | best R@1 (epochs) | seeds | s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         best = "" if "best_R@1" not in r else f"{_fmt(r, 'best_R@1')} ({', '.join(map(str, r['best_epoch']))})"
         wall = "" if "wall_s" not in r or math.isnan(r["wall_s"]) else f"{r['wall_s']:.0f}"
-        lines.append(f"| {r['rung']} | " + " | ".join(_fmt(r, m) for m in METRICS)
-                     + f" | {best} | {r['seeds']} | {wall} |")
+        lines.append(
+            f"| {r['rung']} | " + " | ".join(_fmt(r, m) for m in METRICS) + f" | {best} | {r['seeds']} | {wall} |"
+        )
     if checks:
         lines += ["", "| check | gap (R@1 points) | larger std | holds |", "|---|---|---|---|"]
         for c in checks:
@@ -207,8 +225,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, An
 
 
 def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    fields = ["rung", "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std")] + [
-        "best_R@1", "best_R@1_std", "wall_s", "note"]
+    fields = (
+        ["rung", "seeds"]
+        + [f"{m}{s}" for m in METRICS for s in ("", "_std")]
+        + ["best_R@1", "best_R@1_std", "wall_s", "note"]
+    )
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -224,8 +245,9 @@ def bar_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     names = [r["rung"] for r in rows][::-1]
     means = [r["R@1"] for r in rows][::-1]
     stds = [r["R@1_std"] for r in rows][::-1]
-    colours = ["0.6" if r["rung"] in REFERENCES else ("tab:green" if r["rung"] == "supervised" else "tab:blue")
-               for r in rows][::-1]
+    colours = [
+        "0.6" if r["rung"] in REFERENCES else ("tab:green" if r["rung"] == "supervised" else "tab:blue") for r in rows
+    ][::-1]
     ax.barh(names, means, xerr=stds, color=colours, capsize=3)
     for y, (m, s) in enumerate(zip(means, stds)):
         if not math.isnan(m):
@@ -250,8 +272,7 @@ def curves_plot(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -
             values = [h["R@1"] for r in group for h in r["history"] if h["epoch"] == e]
             xs.append(e)
             ys.append(statistics.fmean(values))
-        ax.plot(xs, ys, marker="o", markersize=3, label=name,
-                linestyle="--" if name == "supervised" else "-")
+        ax.plot(xs, ys, marker="o", markersize=3, label=name, linestyle="--" if name == "supervised" else "-")
     ax.set_xlabel("epoch (-1 = before training)")
     ax.set_ylabel("zero-shot Recall@1 (%), mean over seeds")
     ax.set_title(title, fontsize=10)
@@ -261,10 +282,17 @@ def curves_plot(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -
 
 
 # --- the study ----------------------------------------------------------------------------------------------------
-def ladder_study(cfg: DictConfig, out: Path, *, seeds: Sequence[int] = (0, 1, 2),
-                 rungs: Sequence[Rung] = LADDER, pretrain_cfg: Optional[DictConfig] = None,
-                 fit: Optional[Callable[[DictConfig], dict[str, Any]]] = None,
-                 log: Callable[[str], None] = print, name: str = "ladder") -> dict[str, Any]:
+def ladder_study(
+    cfg: DictConfig,
+    out: Path,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    rungs: Sequence[Rung] = LADDER,
+    pretrain_cfg: Optional[DictConfig] = None,
+    fit: Optional[Callable[[DictConfig], dict[str, Any]]] = None,
+    log: Callable[[str], None] = print,
+    name: str = "ladder",
+) -> dict[str, Any]:
     """Run the ladder (see the module docstring) and write its table, CSV, JSON and plots into ``out`` as
     ``<name>.md``, ``<name>.csv``, ``<name>.json``, ``<name>.png`` and ``<name>_curves.png``."""
     if fit is None:
@@ -288,38 +316,55 @@ def ladder_study(cfg: DictConfig, out: Path, *, seeds: Sequence[int] = (0, 1, 2)
         result = run_once(run_cfg, out / "runs" / f"{rung.slug}-s{seed}", fit)
         runs.setdefault(rung.name, []).append(result)
         final = result["final"]["R@1"]
-        log(f"{name} [{i}/{total}] {rung.name}, seed {seed}: final R@1 {final:.2f} "
+        log(
+            f"{name} [{i}/{total}] {rung.name}, seed {seed}: final R@1 {final:.2f} "
             f"(best {result['best']['R@1']:.2f} at epoch {result['best_epoch']}), {result['wall_s']:.0f} s"
-            + (" (reused)" if result["reused"] else ""))
+            + (" (reused)" if result["reused"] else "")
+        )
 
     rows: dict[str, dict[str, Any]] = {}
     rows["raw input"] = summarise("raw input", [{"final": reference_metrics(cfg, "raw input")}])
     random_cfg = override_config(cfg, values={"model.weights": None})
-    rows["random network"] = summarise("random network", [
-        {"final": reference_metrics(override_config(random_cfg, values={"run.seed": int(s)}), "random network")}
-        for s in seeds])
+    rows["random network"] = summarise(
+        "random network",
+        [
+            {"final": reference_metrics(override_config(random_cfg, values={"run.seed": int(s)}), "random network")}
+            for s in seeds
+        ],
+    )
     if "PLM" in runs and all(r.get("initial") for r in runs["PLM"]):
-        rows["pretrained only"] = summarise("pretrained only", runs["PLM"], source="initial",
-                                            note="the PLM runs' evaluation before training")
+        rows["pretrained only"] = summarise(
+            "pretrained only", runs["PLM"], source="initial", note="the PLM runs' evaluation before training"
+        )
     for rung in rungs:
         rows[rung.name] = summarise(rung.name, runs[rung.name], note=rung.note)
     checks = goal_checks(rows)
     wall = time.perf_counter() - started
     title = "Ablation ladder" if name == "ladder" else f"Rungs '{name}'"
-    header = (f"# {title}: {cfg.data.name}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
-              f"{cfg.trainer.max_epochs} epochs, final epoch\n\nZero-shot retrieval on the test classes, mean ± std "
-              f"over seeds. Wall time of this invocation: {wall / 60:.1f} min.")
+    header = (
+        f"# {title}: {cfg.data.name}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+        f"{cfg.trainer.max_epochs} epochs, final epoch\n\nZero-shot retrieval on the test classes, mean ± std "
+        f"over seeds. Wall time of this invocation: {wall / 60:.1f} min."
+    )
     ordered = list(rows.values())
     atomic_write_text(out / f"{name}.md", markdown_table(ordered, checks, header))
     _write_csv(ordered, out / f"{name}.csv")
-    result = {"config": OmegaConf.to_container(cfg, resolve=True), "seeds": list(seeds), "rows": ordered,
-              "checks": checks, "wall_s": wall, "pretrain": None if pretrain is None else {
-                  "final": pretrain.get("final"), "wall_s": pretrain["wall_s"]},
-              "runs": {name: [{k: r.get(k) for k in ("initial", "final", "best", "best_epoch", "history", "wall_s")}
-                              for r in group] for name, group in runs.items()}}
+    result = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "seeds": list(seeds),
+        "rows": ordered,
+        "checks": checks,
+        "wall_s": wall,
+        "pretrain": None if pretrain is None else {"final": pretrain.get("final"), "wall_s": pretrain["wall_s"]},
+        "runs": {
+            name: [
+                {k: r.get(k) for k in ("initial", "final", "best", "best_epoch", "history", "wall_s")} for r in group
+            ]
+            for name, group in runs.items()
+        },
+    }
     atomic_write_text(out / f"{name}.json", json.dumps(json_safe(result), indent=1) + "\n")
     title = f"{cfg.data.name}: {title.lower()} ({len(seeds)} seeds)"
     bar_plot(ordered, out / f"{name}.png", title)
     curves_plot(runs, out / f"{name}_curves.png", title)
     return result
-

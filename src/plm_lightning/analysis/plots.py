@@ -1,4 +1,5 @@
 """Plots that people look at (PNG files; the same figures go to W&B where a run logs there)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,12 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def similarity_histograms(values: Mapping[str, Mapping[str, torch.Tensor]],
-                          report: Mapping[str, Mapping[str, float]], path: str | Path, title: str = "") -> None:
+def similarity_histograms(
+    values: Mapping[str, Mapping[str, torch.Tensor]],
+    report: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    title: str = "",
+) -> None:
     """One panel per estimator: the distribution of s for same-class and for different-class pairs."""
     n = len(values)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.0), squeeze=False)

@@ -4,6 +4,7 @@ histograms, and a 2-D projection of the test embeddings.
 Pure matplotlib (Agg) on arrays: every function takes numbers or images and returns a figure; ``save_figure``
 writes it atomically. The callback (callbacks/plots.py), plm-search and the notebooks draw through here.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -13,15 +14,27 @@ from matplotlib.ticker import MaxNLocator
 
 from plm_lightning.analysis.plots import plt, save_figure
 
-__all__ = ["embedding_projection", "pca_2d", "query_choice", "raw_image", "recall_curve", "retrieval_grid",
-           "same_class_histogram", "save_figure"]
+__all__ = [
+    "embedding_projection",
+    "pca_2d",
+    "query_choice",
+    "raw_image",
+    "recall_curve",
+    "retrieval_grid",
+    "same_class_histogram",
+    "save_figure",
+]
 
 MATCH_COLOURS = {True: "tab:green", False: "tab:red", None: "0.6"}
 
 
 # --- Recall@K against epoch ---------------------------------------------------------------------------------------
-def recall_curve(history: Sequence[Mapping[str, Any]], ks: Sequence[int],
-                 initial: Optional[Mapping[str, Any]] = None, title: str = "Zero-shot retrieval on the test split"):
+def recall_curve(
+    history: Sequence[Mapping[str, Any]],
+    ks: Sequence[int],
+    initial: Optional[Mapping[str, Any]] = None,
+    title: str = "Zero-shot retrieval on the test split",
+):
     """One line per K (and MAP@R, dashed, when the history has it). ``initial`` (before training) is epoch -1."""
     rows = ([{"epoch": -1, **initial}] if initial else []) + [dict(h) for h in history]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -29,8 +42,15 @@ def recall_curve(history: Sequence[Mapping[str, Any]], ks: Sequence[int],
     for k in ks:
         ax.plot(epochs, [_value(r, f"R@{k}") for r in rows], marker="o", markersize=3, label=f"R@{k}")
     if any(r.get("MAP@R") is not None for r in rows):
-        ax.plot(epochs, [_value(r, "MAP@R") for r in rows], marker="s", markersize=3, linestyle="--", color="k",
-                label="MAP@R")
+        ax.plot(
+            epochs,
+            [_value(r, "MAP@R") for r in rows],
+            marker="s",
+            markersize=3,
+            linestyle="--",
+            color="k",
+            label="MAP@R",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (-1 = before training)" if initial else "epoch")
     ax.set_ylabel("%")
@@ -77,10 +97,14 @@ def raw_image(image: Any) -> np.ndarray:
     return image
 
 
-def retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequence[np.ndarray]],
-                   matches: Optional[Sequence[Sequence[Optional[bool]]]] = None,
-                   captions: Optional[Sequence[Sequence[str]]] = None, query_captions: Optional[Sequence[str]] = None,
-                   title: str = ""):
+def retrieval_grid(
+    queries: Sequence[np.ndarray],
+    results: Sequence[Sequence[np.ndarray]],
+    matches: Optional[Sequence[Sequence[Optional[bool]]]] = None,
+    captions: Optional[Sequence[Sequence[str]]] = None,
+    query_captions: Optional[Sequence[str]] = None,
+    title: str = "",
+):
     """One row per query: the query (blue border), then its results left to right, each with a green border
     (same class as the query), red (different class) or grey (unknown). Images are shown as given (raw pixels)."""
     rows = len(queries)
@@ -116,8 +140,14 @@ def _tile(ax, image: np.ndarray, colour: str, caption: str) -> None:
 
 
 # --- similarity histograms ----------------------------------------------------------------------------------------
-def same_class_histogram(same: np.ndarray, different: np.ndarray, *, title: str = "", bins: int = 40,
-                         quality: Optional[Mapping[str, float]] = None):
+def same_class_histogram(
+    same: np.ndarray,
+    different: np.ndarray,
+    *,
+    title: str = "",
+    bins: int = 40,
+    quality: Optional[Mapping[str, float]] = None,
+):
     """The distribution of an estimated similarity s for same-class and for different-class pairs."""
     same, different = np.asarray(same, dtype=np.float64), np.asarray(different, dtype=np.float64)
     both = np.concatenate([same, different])
@@ -127,8 +157,14 @@ def same_class_histogram(same: np.ndarray, different: np.ndarray, *, title: str 
         lo, hi = lo - 0.05, hi + 0.05
     edges = np.linspace(lo, hi, bins + 1)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.hist(different, bins=edges, density=True, alpha=0.6, color="tab:red",
-            label=f"different class ({different.size} pairs)")
+    ax.hist(
+        different,
+        bins=edges,
+        density=True,
+        alpha=0.6,
+        color="tab:red",
+        label=f"different class ({different.size} pairs)",
+    )
     ax.hist(same, bins=edges, density=True, alpha=0.6, color="tab:green", label=f"same class ({same.size} pairs)")
     ax.set_yscale("log")
     ax.set_xlabel("estimated similarity s")
@@ -158,8 +194,9 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
     return proj
 
 
-def embedding_projection(embeddings: np.ndarray, labels: np.ndarray, *, method: str = "pca", seed: int = 0,
-                         title: str = "Test embeddings"):
+def embedding_projection(
+    embeddings: np.ndarray, labels: np.ndarray, *, method: str = "pca", seed: int = 0, title: str = "Test embeddings"
+):
     """A scatter plot of the embeddings in 2-D (PCA, or t-SNE from scikit-learn), coloured by class."""
     labels = np.asarray(labels)
     if method == "pca":
@@ -168,8 +205,9 @@ def embedding_projection(embeddings: np.ndarray, labels: np.ndarray, *, method: 
         from sklearn.manifold import TSNE
 
         n = len(labels)
-        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, max(2.0, (n - 1) / 3))
-                  ).fit_transform(np.asarray(embeddings, dtype=np.float32))
+        xy = TSNE(
+            n_components=2, init="pca", random_state=seed, perplexity=min(30.0, max(2.0, (n - 1) / 3))
+        ).fit_transform(np.asarray(embeddings, dtype=np.float32))
     else:
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
     fig, ax = plt.subplots(figsize=(5, 4.4))
@@ -184,14 +222,16 @@ def embedding_projection(embeddings: np.ndarray, labels: np.ndarray, *, method: 
     ax.set_ylabel("PC 2" if method == "pca" else "t-SNE 2")
     ax.set_title(title, fontsize=10)
     if len(classes) <= 20:
-        ax.legend(fontsize=7, markerscale=2, title="class", title_fontsize=7, loc="best",
-                  ncol=2 if len(classes) > 10 else 1)
+        ax.legend(
+            fontsize=7, markerscale=2, title="class", title_fontsize=7, loc="best", ncol=2 if len(classes) > 10 else 1
+        )
     return fig
 
 
 # --- the numbers behind the grid and the histograms ---------------------------------------------------------------
-def nearest_excluding_self(embeddings: np.ndarray, queries: Sequence[int], k: int, *,
-                           normalize: bool = True) -> np.ndarray:
+def nearest_excluding_self(
+    embeddings: np.ndarray, queries: Sequence[int], k: int, *, normalize: bool = True
+) -> np.ndarray:
     """The k nearest items (by Euclidean distance, on L2-normalised rows with ``normalize``) of each query row of
     the same set, the query itself removed by index, ties to the smaller index: len(queries) x k indices."""
     x = np.asarray(embeddings, dtype=np.float64)
@@ -204,9 +244,18 @@ def nearest_excluding_self(embeddings: np.ndarray, queries: Sequence[int], k: in
     return np.argsort(dist, axis=1, kind="stable")[:, :k]
 
 
-def pair_similarities(embeddings, labels, estimator, *, batch_size: int, neighbours_per_seed: int, seed: int = 0,
-                      max_batches: Optional[int] = 20, normalize: bool = True, backend: str = "auto"
-                      ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def pair_similarities(
+    embeddings,
+    labels,
+    estimator,
+    *,
+    batch_size: int,
+    neighbours_per_seed: int,
+    seed: int = 0,
+    max_batches: Optional[int] = 20,
+    normalize: bool = True,
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(same-class s, different-class s, {purity, pearson}) of ``estimator`` on the nearest-neighbour batches
     that training would build from these embeddings (analysis/similarity_report.py)."""
     import torch
@@ -220,6 +269,7 @@ def pair_similarities(embeddings, labels, estimator, *, batch_size: int, neighbo
         emb = F.normalize(emb, dim=1)
     batch_size = min(batch_size, emb.shape[0] - emb.shape[0] % neighbours_per_seed)
     batches = nn_batches(emb, batch_size, neighbours_per_seed, seed=seed, max_batches=max_batches, backend=backend)
-    report, values = similarity_report(emb, lab, {"s": estimator}, batches, purity_k=neighbours_per_seed,
-                                       keep_values=True)
+    report, values = similarity_report(
+        emb, lab, {"s": estimator}, batches, purity_k=neighbours_per_seed, keep_values=True
+    )
     return values["s"]["same"].numpy(), values["s"]["different"].numpy(), report["s"]

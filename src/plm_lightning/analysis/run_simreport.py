@@ -1,4 +1,5 @@
 """The similarity-quality report as a whole: features -> NN batches -> each estimator -> JSON + histogram PNG."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,41 @@ def estimators_from_config(cfg: DictConfig, names: Sequence[str]) -> dict[str, o
     return {name: build_similarity(cfg, name) for name in names}
 
 
-def run_simreport(cfg: DictConfig, names: Sequence[str], *, features: str, ckpt: Optional[str], output: Path,
-                  max_batches: Optional[int] = None) -> dict[str, dict[str, float]]:
+def run_simreport(
+    cfg: DictConfig,
+    names: Sequence[str],
+    *,
+    features: str,
+    ckpt: Optional[str],
+    output: Path,
+    max_batches: Optional[int] = None,
+) -> dict[str, dict[str, float]]:
     emb, labels = training_features(cfg, features, ckpt)
-    batches = nn_batches(emb, cfg.data.batch_size, cfg.data.neighbours_per_seed, seed=cfg.run.seed,
-                         max_batches=max_batches, backend=cfg.eval.backend)
-    report, values = similarity_report(emb, labels, estimators_from_config(cfg, names), batches,
-                                       purity_k=cfg.data.neighbours_per_seed, keep_values=True)
-    clean = {name: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in q.items()}
-             for name, q in report.items()}
+    batches = nn_batches(
+        emb,
+        cfg.data.batch_size,
+        cfg.data.neighbours_per_seed,
+        seed=cfg.run.seed,
+        max_batches=max_batches,
+        backend=cfg.eval.backend,
+    )
+    report, values = similarity_report(
+        emb,
+        labels,
+        estimators_from_config(cfg, names),
+        batches,
+        purity_k=cfg.data.neighbours_per_seed,
+        keep_values=True,
+    )
+    clean = {
+        name: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in q.items()}
+        for name, q in report.items()
+    }
     atomic_write_text(output, json.dumps(clean, indent=2) + "\n")
-    similarity_histograms(values, report, output.with_suffix(".png"),
-                          title=f"{cfg.data.name}, {features} features, {len(batches)} NN batches")
+    similarity_histograms(
+        values,
+        report,
+        output.with_suffix(".png"),
+        title=f"{cfg.data.name}, {features} features, {len(batches)} NN batches",
+    )
     return clean

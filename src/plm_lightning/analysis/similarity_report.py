@@ -3,6 +3,7 @@
 embeddings of the training split -> nearest-neighbour table -> the batches training would build (epoch 0) ->
 each estimator's s on each batch -> purity@k and Pearson r against the same-class indicator.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -13,8 +14,16 @@ from plm_lightning.data.sampler import NearestNeighbourBatchSampler, neighbour_t
 from plm_lightning.manifold.quality import SimilarityQuality
 
 
-def nn_batches(embeddings: torch.Tensor, batch_size: int, neighbours_per_seed: int, *, seed: int = 0,
-               epoch: int = 0, max_batches: Optional[int] = None, backend: str = "auto") -> list[list[int]]:
+def nn_batches(
+    embeddings: torch.Tensor,
+    batch_size: int,
+    neighbours_per_seed: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    max_batches: Optional[int] = None,
+    backend: str = "auto",
+) -> list[list[int]]:
     """The batches that training builds from these embeddings at ``epoch`` (same sampler, same order)."""
     sampler = NearestNeighbourBatchSampler(embeddings.shape[0], batch_size, neighbours_per_seed, seed=seed)
     sampler.set_neighbours(neighbour_table(embeddings, neighbours_per_seed, backend=backend))
@@ -24,9 +33,15 @@ def nn_batches(embeddings: torch.Tensor, batch_size: int, neighbours_per_seed: i
 
 
 @torch.no_grad()
-def similarity_report(embeddings: torch.Tensor, labels: torch.Tensor, estimators: Mapping[str, object],
-                      batches: list[list[int]], *, purity_k: int,
-                      keep_values: bool = False) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, torch.Tensor]]]:
+def similarity_report(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    estimators: Mapping[str, object],
+    batches: list[list[int]],
+    *,
+    purity_k: int,
+    keep_values: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, torch.Tensor]]]:
     """{estimator: {"purity", "pearson"}} over the given batches; with keep_values, also the off-diagonal s values
     split into same-class and different-class pairs (for histograms)."""
     report: dict[str, dict[str, float]] = {}

@@ -10,6 +10,7 @@ output folder and returns its rows:
 
 Studies 1, 3 and 4 need no training and run in seconds; study 2 trains ``len(batch_sizes) x 2`` short runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.plots import plt, save_figure
@@ -34,8 +35,9 @@ ESTIMATOR_NAMES = ("plm", "gaussian", "knn", "kmeans")
 
 def with_overrides(cfg: DictConfig, **dotted: Any) -> DictConfig:
     """A validated copy of ``cfg`` with ``{"a.b": v}`` overrides (keys written a__b in Python)."""
-    return override_config(cfg, values={key.replace("__", "."): value for key, value in dotted.items()},
-                           source="in a study")
+    return override_config(
+        cfg, values={key.replace("__", "."): value for key, value in dotted.items()}, source="in a study"
+    )
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -48,14 +50,26 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write(path, write)
 
 
-def _quality_rows(cfg: DictConfig, names: Sequence[str], features: str, max_batches: Optional[int],
-                  extra: dict[str, Any], embedded: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-                  ) -> list[dict[str, Any]]:
+def _quality_rows(
+    cfg: DictConfig,
+    names: Sequence[str],
+    features: str,
+    max_batches: Optional[int],
+    extra: dict[str, Any],
+    embedded: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> list[dict[str, Any]]:
     emb, labels = embedded if embedded is not None else training_features(cfg, features)
-    batches = nn_batches(emb, cfg.data.batch_size, cfg.data.neighbours_per_seed, seed=cfg.run.seed,
-                         max_batches=max_batches, backend=cfg.eval.backend)
-    report, _ = similarity_report(emb, labels, estimators_from_config(cfg, names), batches,
-                                  purity_k=cfg.data.neighbours_per_seed)
+    batches = nn_batches(
+        emb,
+        cfg.data.batch_size,
+        cfg.data.neighbours_per_seed,
+        seed=cfg.run.seed,
+        max_batches=max_batches,
+        backend=cfg.eval.backend,
+    )
+    report, _ = similarity_report(
+        emb, labels, estimators_from_config(cfg, names), batches, purity_k=cfg.data.neighbours_per_seed
+    )
     return [{**extra, "estimator": name, "purity": q["purity"], "pearson": q["pearson"]} for name, q in report.items()]
 
 
@@ -75,13 +89,22 @@ def _isnan(v: Any) -> bool:
 
 
 # --- 1. similarity accuracy vs curvature --------------------------------------------------------------------------
-def curvature_study(cfg: DictConfig, out: Path, curvatures: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0),
-                    max_batches: Optional[int] = None) -> list[dict[str, Any]]:
+def curvature_study(
+    cfg: DictConfig,
+    out: Path,
+    curvatures: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0),
+    max_batches: Optional[int] = None,
+) -> list[dict[str, Any]]:
     """On the synthetic manifolds' own coordinates (raw features: the true geometry), per estimator."""
     rows = []
     for c in curvatures:
-        rows += _quality_rows(with_overrides(cfg, data__synthetic__curvature=float(c)), ESTIMATOR_NAMES, "raw",
-                              max_batches, {"curvature": float(c)})
+        rows += _quality_rows(
+            with_overrides(cfg, data__synthetic__curvature=float(c)),
+            ESTIMATOR_NAMES,
+            "raw",
+            max_batches,
+            {"curvature": float(c)},
+        )
     write_csv(rows, out / "curvature.csv")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     _line_plot(axes[0], rows, "curvature", "purity", "estimator")
@@ -93,9 +116,13 @@ def curvature_study(cfg: DictConfig, out: Path, curvatures: Sequence[float] = (0
 
 
 # --- 2. Recall@1 with and without proxies across batch sizes ------------------------------------------------------
-def proxies_study(cfg: DictConfig, out: Path, batch_sizes: Sequence[int] = (30, 60, 120),
-                  num_proxies: Sequence[int] = (0, 20),
-                  fit: Optional[Callable[[DictConfig], dict[str, Any]]] = None) -> list[dict[str, Any]]:
+def proxies_study(
+    cfg: DictConfig,
+    out: Path,
+    batch_sizes: Sequence[int] = (30, 60, 120),
+    num_proxies: Sequence[int] = (0, 20),
+    fit: Optional[Callable[[DictConfig], dict[str, Any]]] = None,
+) -> list[dict[str, Any]]:
     if fit is None:
         from plm_lightning.experiment import fit as fit_run
 
@@ -103,14 +130,26 @@ def proxies_study(cfg: DictConfig, out: Path, batch_sizes: Sequence[int] = (30, 
     rows = []
     for b in batch_sizes:
         for n in num_proxies:
-            run_cfg = with_overrides(cfg, data__batch_size=int(b), method__num_proxies=int(n),
-                                     run__dir=str(out / f"runs/b{b}-p{n}"), logger__csv=False, logger__wandb=False,
-                                     trainer__enable_progress_bar=False)
+            run_cfg = with_overrides(
+                cfg,
+                data__batch_size=int(b),
+                method__num_proxies=int(n),
+                run__dir=str(out / f"runs/b{b}-p{n}"),
+                logger__csv=False,
+                logger__wandb=False,
+                trainer__enable_progress_bar=False,
+            )
             summary = fit(run_cfg)
-            rows.append({"batch_size": int(b), "num_proxies": int(n),
-                         "initial_R@1": (summary.get("initial") or {}).get("R@1"),
-                         "final_R@1": summary["final"]["R@1"], "best_R@1": summary["best"]["R@1"],
-                         "final_MAP@R": summary["final"].get("MAP@R")})
+            rows.append(
+                {
+                    "batch_size": int(b),
+                    "num_proxies": int(n),
+                    "initial_R@1": (summary.get("initial") or {}).get("R@1"),
+                    "final_R@1": summary["final"]["R@1"],
+                    "best_R@1": summary["best"]["R@1"],
+                    "final_MAP@R": summary["final"].get("MAP@R"),
+                }
+            )
     write_csv(rows, out / "proxies.csv")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     _line_plot(ax, rows, "batch_size", "final_R@1", "num_proxies", label_prefix="proxies=")
@@ -122,10 +161,19 @@ def proxies_study(cfg: DictConfig, out: Path, batch_sizes: Sequence[int] = (30, 
 
 
 # --- 3. sensitivity to k, M, tau and m ----------------------------------------------------------------------------
-def sensitivity_study(cfg: DictConfig, out: Path, features: str = "raw", max_batches: Optional[int] = None,
-                      grid: Optional[dict[str, Sequence[Any]]] = None) -> list[dict[str, Any]]:
-    grid = grid or {"data.neighbours_per_seed": [2, 3, 5, 6, 10], "method.max_candidates": [2, 5, 10, 20, 30],
-                    "method.tau": [0.1, 0.25, 0.5, 0.75, 1.0], "method.piece_dim": [1, 2, 3, 4, 8]}
+def sensitivity_study(
+    cfg: DictConfig,
+    out: Path,
+    features: str = "raw",
+    max_batches: Optional[int] = None,
+    grid: Optional[dict[str, Sequence[Any]]] = None,
+) -> list[dict[str, Any]]:
+    grid = grid or {
+        "data.neighbours_per_seed": [2, 3, 5, 6, 10],
+        "method.max_candidates": [2, 5, 10, 20, 30],
+        "method.tau": [0.1, 0.25, 0.5, 0.75, 1.0],
+        "method.piece_dim": [1, 2, 3, 4, 8],
+    }
     # None of these knobs changes the data or the network, so the features are computed once.
     embedded = training_features(cfg, features)
     rows = []
@@ -176,24 +224,44 @@ def _time_loss(b: int, d: int, n_rho: int, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2] * 1000
 
 
-def cost_study(cfg: DictConfig, out: Path, batch_sizes: Sequence[int] = (60, 120, 240, 480),
-               dims: Sequence[int] = (64, 128, 512), proxies: Sequence[int] = (0, 100, 400),
-               repeats: int = 3, device: str = "cpu") -> list[dict[str, Any]]:
+def cost_study(
+    cfg: DictConfig,
+    out: Path,
+    batch_sizes: Sequence[int] = (60, 120, 240, 480),
+    dims: Sequence[int] = (64, 128, 512),
+    proxies: Sequence[int] = (0, 100, 400),
+    repeats: int = 3,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     rows = []
     for b in batch_sizes:
         for d in dims:
             for n in proxies:
-                rows.append({"batch_size": b, "dim": d, "num_proxies": n, "device": device,
-                             "fwd_bwd_ms": _time_loss(b, d, n, repeats, device)})
+                rows.append(
+                    {
+                        "batch_size": b,
+                        "dim": d,
+                        "num_proxies": n,
+                        "device": device,
+                        "fwd_bwd_ms": _time_loss(b, d, n, repeats, device),
+                    }
+                )
     write_csv(rows, out / "cost.csv")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     mid_n = proxies[len(proxies) // 2]
-    _line_plot(axes[0], [r for r in rows if r["num_proxies"] == mid_n], "batch_size", "fwd_bwd_ms", "dim",
-               label_prefix="d=")
+    _line_plot(
+        axes[0], [r for r in rows if r["num_proxies"] == mid_n], "batch_size", "fwd_bwd_ms", "dim", label_prefix="d="
+    )
     axes[0].set_title(f"vs batch size (proxies={mid_n})")
     top_d = dims[-1]
-    _line_plot(axes[1], [r for r in rows if r["dim"] == top_d], "batch_size", "fwd_bwd_ms", "num_proxies",
-               label_prefix="proxies=")
+    _line_plot(
+        axes[1],
+        [r for r in rows if r["dim"] == top_d],
+        "batch_size",
+        "fwd_bwd_ms",
+        "num_proxies",
+        label_prefix="proxies=",
+    )
     axes[1].set_title(f"vs proxies (d={top_d})")
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -204,5 +272,4 @@ def cost_study(cfg: DictConfig, out: Path, batch_sizes: Sequence[int] = (60, 120
     return rows
 
 
-STUDIES = {"curvature": curvature_study, "proxies": proxies_study, "sensitivity": sensitivity_study,
-           "cost": cost_study}
+STUDIES = {"curvature": curvature_study, "proxies": proxies_study, "sensitivity": sensitivity_study, "cost": cost_study}

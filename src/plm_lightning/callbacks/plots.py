@@ -10,9 +10,11 @@
 Everything is drawn from what the evaluation callback already computed (its history and its last test
 embeddings); only rank 0 draws. Labels are read here for display only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
@@ -25,8 +27,16 @@ PLOTS_DIR = "plots"
 
 
 class RunPlots(Callback):
-    def __init__(self, cfg: DictConfig, evaluation: RetrievalEvaluation, run_dir: str, *, num_queries: int = 6,
-                 top_k: int = 8, max_similarity_batches: int = 20):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        evaluation: RetrievalEvaluation,
+        run_dir: str,
+        *,
+        num_queries: int = 6,
+        top_k: int = 8,
+        max_similarity_batches: int = 20,
+    ):
         self.cfg = cfg
         self.evaluation = evaluation
         self.out = Path(run_dir) / PLOTS_DIR
@@ -81,13 +91,19 @@ class RunPlots(Callback):
         if test_set is None:
             return None, None
         loader = DataLoader(test_set, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
-        _, emb, lab = embed_loader(pl_module.student, loader, pl_module.device,
-                                   trainer.precision_plugin.forward_context)
+        _, emb, lab = embed_loader(
+            pl_module.student, loader, pl_module.device, trainer.precision_plugin.forward_context
+        )
         return emb.cpu().numpy(), lab.cpu().numpy()
 
     def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_plots import (embedding_projection, nearest_excluding_self, query_choice,
-                                                      raw_image, retrieval_grid)
+        from plm_lightning.analysis.run_plots import (
+            embedding_projection,
+            nearest_excluding_self,
+            query_choice,
+            raw_image,
+            retrieval_grid,
+        )
 
         cfg = self.cfg
         normalize = bool(cfg.eval.normalize)
@@ -101,7 +117,8 @@ class RunPlots(Callback):
                 matches=[[bool(lab[j] == lab[q]) for j in row] for q, row in zip(queries, neighbours)],
                 captions=[[f"{r + 1}: {lab[j]}" for r, j in enumerate(row)] for row in neighbours],
                 query_captions=[f"query: {lab[q]}" for q in queries],
-                title=f"{cfg.data.name} test split: top-{neighbours.shape[1]} (green = same class)")
+                title=f"{cfg.data.name} test split: top-{neighbours.shape[1]} (green = same class)",
+            )
             self._save("retrieval_grid", grid)
         if cfg.method.name == "plm":  # the supervised reference has no similarity estimator
             self._similarity_histogram(emb, lab)
@@ -114,13 +131,25 @@ class RunPlots(Callback):
         cfg = self.cfg
         name = cfg.method.similarity
         same, different, quality = pair_similarities(
-            emb, lab, build_similarity(cfg), batch_size=cfg.data.batch_size,
-            neighbours_per_seed=cfg.data.neighbours_per_seed, seed=cfg.run.seed,
-            max_batches=self.max_similarity_batches, normalize=bool(cfg.method.normalize_teacher),
-            backend=cfg.eval.backend)
-        self._save("similarity_hist", same_class_histogram(
-            same, different, quality=quality,
-            title=f"{name} similarity on nearest-neighbour batches of test embeddings"))
+            emb,
+            lab,
+            build_similarity(cfg),
+            batch_size=cfg.data.batch_size,
+            neighbours_per_seed=cfg.data.neighbours_per_seed,
+            seed=cfg.run.seed,
+            max_batches=self.max_similarity_batches,
+            normalize=bool(cfg.method.normalize_teacher),
+            backend=cfg.eval.backend,
+        )
+        self._save(
+            "similarity_hist",
+            same_class_histogram(
+                same,
+                different,
+                quality=quality,
+                title=f"{name} similarity on nearest-neighbour batches of test embeddings",
+            ),
+        )
 
     def _log_wandb(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:

@@ -5,6 +5,7 @@ indices -> retrieval core on rank 0, on the training device (same-set; or query 
 ``query_mask``: In-Shop) -> the same numbers broadcast to every rank -> logger (``val/R@1`` ..., ``val/R@1_best``),
 metrics.json in the run directory, and a Recall@K table at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,33 @@ from plm_lightning.utils.io import atomic_write_text, json_safe
 
 
 class RetrievalEvaluation(Callback):
-    def __init__(self, ks: Sequence[int], *, every_n_epochs: int = 1, before_training: bool = True,
-                 backend: str = "auto", normalize: bool = True, map_r: bool = True, nmi: bool = True,
-                 memory_budget_mb: float = 512.0, seed: int = 0, run_dir: Optional[str] = None,
-                 monitor: str = "R@1", on_device: bool = True):
+    def __init__(
+        self,
+        ks: Sequence[int],
+        *,
+        every_n_epochs: int = 1,
+        before_training: bool = True,
+        backend: str = "auto",
+        normalize: bool = True,
+        map_r: bool = True,
+        nmi: bool = True,
+        memory_budget_mb: float = 512.0,
+        seed: int = 0,
+        run_dir: Optional[str] = None,
+        monitor: str = "R@1",
+        on_device: bool = True,
+    ):
         self.ks = list(ks)
         self.every_n_epochs = every_n_epochs
         self.before_training = before_training
-        self.options = {"backend": backend, "normalize": normalize, "map_r": map_r, "compute_nmi": nmi,
-                        "memory_budget_mb": memory_budget_mb, "seed": seed}
+        self.options = {
+            "backend": backend,
+            "normalize": normalize,
+            "map_r": map_r,
+            "compute_nmi": nmi,
+            "memory_budget_mb": memory_budget_mb,
+            "seed": seed,
+        }
         self.run_dir = Path(run_dir) if run_dir else None
         self.monitor = monitor
         self.on_device = on_device
@@ -52,8 +71,10 @@ class RetrievalEvaluation(Callback):
         need = max(self.ks)
         if n < need or len(dataset) < 2:
             what = "items (each query ranks all the others)" if query is None else "gallery items"
-            raise DatasetError(f"the {name} test split has {len(dataset)} items, so {max(n, 0)} {what}: Recall@{need} "
-                               f"needs at least {need}; lower eval.ks (now {self.ks}) or use more test data")
+            raise DatasetError(
+                f"the {name} test split has {len(dataset)} items, so {max(n, 0)} {what}: Recall@{need} "
+                f"needs at least {need}; lower eval.ks (now {self.ks}) or use more test data"
+            )
 
     # --- computing -----------------------------------------------------------------------------------------------
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -66,8 +87,8 @@ class RetrievalEvaluation(Callback):
         metrics = None
         if trainer.is_global_zero:
             self.last_embeddings, self.last_labels = emb.cpu(), lab.cpu()
-            # On a GPU the exact rank engine is 4-15x faster than on the CPU (docs/benchmarks.md: SOP 0.3-1.2 s on
-            # an H100 vs 4.5 s on 16 cores), and its tiles are bounded by eval.memory_budget_mb.
+            # On a GPU the exact rank engine is several times faster than on the CPU (docs/benchmarks.md), and its
+            # tiles are bounded by eval.memory_budget_mb.
             device = pl_module.device if self.on_device else torch.device("cpu")
             emb, lab = emb.to(device), lab.cpu()
             query = getattr(trainer.datamodule.test_set, "query_mask", None)
@@ -75,8 +96,9 @@ class RetrievalEvaluation(Callback):
                 metrics = evaluate_embeddings(emb, lab, self.ks, **self.options)
             else:  # separate query and gallery sets (In-Shop): the rest of the test split is the gallery
                 query = torch.as_tensor(query, dtype=torch.bool)
-                metrics = evaluate_query_gallery(emb[query], lab[query], emb[~query], lab[~query], self.ks,
-                                                 **self.options)
+                metrics = evaluate_query_gallery(
+                    emb[query], lab[query], emb[~query], lab[~query], self.ks, **self.options
+                )
         # One computation, the same numbers on every rank.
         return trainer.strategy.broadcast(metrics, src=0)
 
@@ -122,8 +144,13 @@ class RetrievalEvaluation(Callback):
     # --- results -------------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         final = {k: v for k, v in self.history[-1].items() if k != "epoch"} if self.history else None
-        return {"initial": self.initial, "final": final, "best": self.best, "best_epoch": self.best_epoch,
-                "history": self.history}
+        return {
+            "initial": self.initial,
+            "final": final,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
 
     def _write(self, trainer: L.Trainer) -> None:
         if self.run_dir is None or not trainer.is_global_zero:
@@ -154,4 +181,3 @@ def format_recall_table_rows(rows: dict[str, dict[str, float]]) -> str:
             lines.append(" " * (width + 2) + table[0])
         lines.append(name.ljust(width + 2) + table[-1])
     return "\n".join(lines)
-

@@ -4,6 +4,7 @@ A diagnostic: it reads the labels of the training batches, which the LightningMo
 sees only the (detached) similarity matrix that the loss already used. Under DDP the raw sums are added across
 ranks before the numbers are formed, so they equal a single process's numbers over the same batches.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -34,5 +35,4 @@ class SimilarityQualityMonitor(Callback):
         if self.quality.sums[1] == 0:
             return
         numbers = self.quality.compute()
-        pl_module.log_dict({f"simquality/{k}": float(v) for k, v in numbers.items()}, on_epoch=True,
-                           sync_dist=False)
+        pl_module.log_dict({f"simquality/{k}": float(v) for k, v in numbers.items()}, on_epoch=True, sync_dist=False)

@@ -9,6 +9,7 @@ training epoch (after the evaluation and last.ckpt) every rank agrees, ``hpc_ckp
 ``scontrol requeue``, and training stops. Should the epoch not end in time (``grace_s`` after the signal), rank 0
 requeues anyway: the restart then continues from last.ckpt, exactly, losing only the unfinished epoch.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,7 @@ class SlurmRequeue(Checkpoint):
         if self.signalled_at is None:
             self.signalled_at = time.monotonic()
             # print, not logging: a signal handler must not take the logging lock the interrupted code may hold
-            print(f"plm: received signal {signum}: checkpointing at the end of this epoch, then requeueing",
-                  flush=True)
+            print(f"plm: received signal {signum}: checkpointing at the end of this epoch, then requeueing", flush=True)
 
     def _requeue(self) -> bool:
         job_id = slurm_job_id()
@@ -70,10 +70,17 @@ class SlurmRequeue(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         # Rank 0 alone decides on the fallback (no collective per batch): SLURM then stops every rank.
-        if (self.signalled_at is not None and not self._requeued and trainer.is_global_zero
-                and time.monotonic() - self.signalled_at > self.grace_s):
-            print(f"plm: the epoch did not end within {self.grace_s:.0f} s of the signal; requeueing now, "
-                  "the restart continues from the last epoch's checkpoint", flush=True)
+        if (
+            self.signalled_at is not None
+            and not self._requeued
+            and trainer.is_global_zero
+            and time.monotonic() - self.signalled_at > self.grace_s
+        ):
+            print(
+                f"plm: the epoch did not end within {self.grace_s:.0f} s of the signal; requeueing now, "
+                "the restart continues from the last epoch's checkpoint",
+                flush=True,
+            )
             self._requeue()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

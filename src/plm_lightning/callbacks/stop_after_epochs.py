@@ -1,6 +1,7 @@
 """Stop a run cleanly after N epochs of this invocation, without changing ``trainer.max_epochs`` (and hence the
 learning-rate schedule): the run can later continue with ``resume=auto`` exactly as if it had never stopped.
 Useful for chunking a long run into jobs shorter than a cluster's time limit."""
+
 from __future__ import annotations
 
 import lightning as L

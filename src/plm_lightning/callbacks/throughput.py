@@ -6,6 +6,7 @@ spent between one batch's end and the next batch's start: waiting for the loader
 ours). A fraction near 1 means the GPU waits for data: raise data.num_workers / data.prefetch_factor. Work before the
 first batch (the teacher's embedding pass, starting the workers) is excluded.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ class Throughput(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self.first_start is None:
             self.first_start = now
@@ -44,8 +46,9 @@ class Throughput(L.Callback):
             self.wait += now - self.last_end
         self.images += _batch_size(batch)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Asynchronous GPU work would otherwise count as waiting for the next batch; one sync per step is cheap.
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
@@ -62,5 +65,7 @@ class Throughput(L.Callback):
         # sync_dist: the mean over ranks (every rank reaches this hook); a no-op on one process.
         pl_module.log("train/images_per_sec", images_per_sec, on_step=False, on_epoch=True, sync_dist=True)
         pl_module.log("train/data_wait_fraction", wait_fraction, on_step=False, on_epoch=True, sync_dist=True)
-        rank_zero_info(f"epoch {trainer.current_epoch}: {images_per_sec:.1f} images/s (all processes), "
-                       f"{100 * wait_fraction:.0f}% of step time waiting for data")
+        rank_zero_info(
+            f"epoch {trainer.current_epoch}: {images_per_sec:.1f} images/s (all processes), "
+            f"{100 * wait_fraction:.0f}% of step time waiting for data"
+        )

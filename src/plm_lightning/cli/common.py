@@ -1,4 +1,5 @@
 """What every entry point shares: loading the config, or one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import sys

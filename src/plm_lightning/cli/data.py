@@ -2,6 +2,7 @@
 
 NAME: cub | cars196 | sop | inshop. --root defaults to $PLM_DATA/NAME (the folder data.root then needs no value).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,11 @@ class PrepareError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     epilog="example: plm-data prepare cub --root ~/data/cub && "
-                                            "plm-fit --config cub.yaml data.root=~/data/cub")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog="example: plm-data prepare cub --root ~/data/cub && plm-fit --config cub.yaml data.root=~/data/cub",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{prepare,verify,info}")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -54,10 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", help="the dataset folder (default: $PLM_DATA/NAME)")
         return p
 
-    p = add("prepare", "download (where an official checksummed download exists) or take local archives, "
-                       "extract, verify")
-    p.add_argument("--from", dest="sources", action="append", default=[], metavar="FILE",
-                   help="a downloaded archive or metadata file to use instead of downloading (repeatable)")
+    p = add(
+        "prepare", "download (where an official checksummed download exists) or take local archives, extract, verify"
+    )
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a downloaded archive or metadata file to use instead of downloading (repeatable)",
+    )
     p.add_argument("--no-check-counts", action="store_true", help="do not compare with the official counts")
     p.add_argument("--keep-archives", action="store_true", help=f"keep downloaded archives in ROOT/{DOWNLOADS}")
     p = add("verify", "check a dataset folder: metadata, every listed file, official counts")
@@ -75,15 +85,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         root = resolve_root(args.name, args.root)
     except RootUnsetError:
-        return fail(PROG, f"no --root given and $PLM_DATA is not set; pass --root DIR, or export PLM_DATA=DIR to "
-                          f"keep datasets in DIR/<name> (here PLM_DATA/{args.name})")
+        return fail(
+            PROG,
+            f"no --root given and $PLM_DATA is not set; pass --root DIR, or export PLM_DATA=DIR to "
+            f"keep datasets in DIR/<name> (here PLM_DATA/{args.name})",
+        )
     try:
         if args.command == "verify":
             return verify(cls, root, decode=args.decode, check_counts=not args.no_check_counts)
         if args.command == "info":
             return info(cls, root, [args.split] if args.split else list(SPLITS), as_json=args.json)
-        return prepare(cls, root, [Path(s).expanduser() for s in args.sources],
-                       check_counts=not args.no_check_counts, keep_archives=args.keep_archives)
+        return prepare(
+            cls,
+            root,
+            [Path(s).expanduser() for s in args.sources],
+            check_counts=not args.no_check_counts,
+            keep_archives=args.keep_archives,
+        )
     except PrepareError as exc:
         if exc.manual:
             print(manual_text(cls, root), file=sys.stderr)
@@ -94,6 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # ----- verify and info -----
 
+
 def _split_counts(listing: SplitListing) -> dict:
     counts = listing.counts()
     row = {"images": counts.images, "classes": counts.classes}
@@ -102,8 +121,9 @@ def _split_counts(listing: SplitListing) -> dict:
     return row
 
 
-def check_tree(cls: type[ImageFileDataset], root: Path, *, check_counts: bool = True, decode: bool = False
-               ) -> tuple[dict[str, dict], list[str]]:
+def check_tree(
+    cls: type[ImageFileDataset], root: Path, *, check_counts: bool = True, decode: bool = False
+) -> tuple[dict[str, dict], list[str]]:
     """Per-split counts and every problem found (metadata, missing files, counts, with ``decode`` unreadable
     images). Problems in the metadata itself stop at the first one."""
     problems = cls.check_metadata(root)
@@ -174,9 +194,12 @@ def info(cls, root: Path, splits: list[str], *, as_json: bool) -> int:
 
 # ----- prepare -----
 
+
 def manual_text(cls, root: Path) -> str:
-    return (f"{cls.title}: manual steps\n  {cls.manual_steps.replace('ROOT', str(root))}\n"
-            f"expected layout:\n" + "\n".join("  " + line for line in cls.layout.splitlines()))
+    return (
+        f"{cls.title}: manual steps\n  {cls.manual_steps.replace('ROOT', str(root))}\n"
+        f"expected layout:\n" + "\n".join("  " + line for line in cls.layout.splitlines())
+    )
 
 
 def _is_archive(path: Path) -> bool:
@@ -210,8 +233,11 @@ def _move_into(tree: Path, root: Path, metadata: Sequence[str]) -> None:
 
 def _fetch(cls, root: Path) -> list[Path]:
     if not cls.downloads:
-        raise PrepareError(f"{cls.title} has no reliable public download; get the files by hand (steps above) and "
-                           f"run: plm-data prepare {cls.name} --root {root} --from FILE ...", manual=True)
+        raise PrepareError(
+            f"{cls.title} has no reliable public download; get the files by hand (steps above) and "
+            f"run: plm-data prepare {cls.name} --root {root} --from FILE ...",
+            manual=True,
+        )
     folder = root / DOWNLOADS
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -220,12 +246,17 @@ def _fetch(cls, root: Path) -> list[Path]:
         try:
             download_url(d.url, str(folder), d.filename, d.md5)
         except RuntimeError as exc:  # torchvision: "File not found or corrupted." after an md5 mismatch
-            raise PrepareError(f"{d.url}: the download failed its md5 check ({exc}); delete {folder / d.filename} "
-                               f"and try again, or use --from") from None
+            raise PrepareError(
+                f"{d.url}: the download failed its md5 check ({exc}); delete {folder / d.filename} "
+                f"and try again, or use --from"
+            ) from None
         except OSError as exc:  # URLError (no network, DNS), HTTP errors, disk errors
             reason = getattr(exc, "reason", None) or exc
-            raise PrepareError(f"cannot download {d.url} ({reason}); on a machine without network access follow "
-                               f"the manual steps above and pass the files with --from", manual=True) from None
+            raise PrepareError(
+                f"cannot download {d.url} ({reason}); on a machine without network access follow "
+                f"the manual steps above and pass the files with --from",
+                manual=True,
+            ) from None
         files.append(folder / d.filename)
     return files
 
@@ -251,22 +282,27 @@ def prepare(cls, root: Path, sources: list[Path], *, check_counts: bool, keep_ar
         for f in files:
             # Downloads were checked by download_url; a local copy under the official name is checked here.
             if not downloaded and f.name in known_md5 and not check_integrity(str(f), known_md5[f.name]):
-                raise PrepareError(f"{f}: md5 differs from the official {known_md5[f.name]} (damaged or another "
-                                   "version)")
+                raise PrepareError(
+                    f"{f}: md5 differs from the official {known_md5[f.name]} (damaged or another version)"
+                )
             if _is_archive(f):
                 print(f"extracting {f.name}", file=sys.stderr)
                 try:
                     extract_archive(str(f), str(staging))
                 except Exception as exc:  # tarfile.ReadError, zipfile.BadZipFile, EOFError, OSError
-                    raise PrepareError(f"cannot extract {f}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                                       ) from None
+                    raise PrepareError(
+                        f"cannot extract {f}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                    ) from None
             elif f.name in cls.loose_files:
                 target = staging / cls.loose_files[f.name]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
             else:
-                raise PrepareError(f"--from {f}: neither an archive ({', '.join(ARCHIVE_SUFFIXES)}) nor one of "
-                                   f"{', '.join(cls.loose_files) or 'the expected files'}", manual=True)
+                raise PrepareError(
+                    f"--from {f}: neither an archive ({', '.join(ARCHIVE_SUFFIXES)}) nor one of "
+                    f"{', '.join(cls.loose_files) or 'the expected files'}",
+                    manual=True,
+                )
         tree = _find_tree(cls, staging)
         if tree is None:
             raise PrepareError(f"the extracted files hold no {', '.join(cls.metadata_files)}", manual=True)

@@ -10,6 +10,7 @@ normalisation, transform, metric) and index.faiss (IndexFlatIP on normalised emb
 With --images, files that cannot be decoded are skipped and listed on stderr; macOS ``._*`` files are ignored.
 Search the index with plm-search.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
         usage="%(prog)s --ckpt CKPT (--images DIR | --config X [overrides...] [--split test|train]) --output OUT",
-        epilog="example: plm-embed --ckpt runs/d/checkpoints/last.ckpt --config digits.yaml --output runs/d/export")
+        epilog="example: plm-embed --ckpt runs/d/checkpoints/last.ckpt --config digits.yaml --output runs/d/export",
+    )
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by plm-fit")
     parser.add_argument("--images", default=None, metavar="DIR", help="a folder of image files (any depth)")
     parser.add_argument("--config", default=None, help="embed a dataset split: a YAML file or a bundled config name")
@@ -55,8 +59,10 @@ def report_unreadable(bad: list[tuple[str, str]], ignored: list[Path]) -> None:
         if len(bad) > SHOW_BAD:
             print(f"  ... and {len(bad) - SHOW_BAD} more", file=sys.stderr)
     if ignored:
-        print(f"{PROG}: note: ignored {len(ignored)} macOS metadata file{'s' if len(ignored) != 1 else ''} (._*)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: note: ignored {len(ignored)} macOS metadata file{'s' if len(ignored) != 1 else ''} (._*)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -95,15 +101,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             emb, labels, paths, listing, bad = embed_folder(model, args.images, batch_size=args.batch_size or 64)
             report_unreadable(bad, listing.ignored)
             if not paths:
-                return fail(PROG, f"--images {args.images}: no readable image files "
-                                  f"({len(bad)} unreadable, {len(listing.ignored)} ._* ignored)")
-            meta["source"] = {"images": str(Path(args.images).resolve()), "classes": listing.classes,
-                              "unreadable": len(bad), "ignored": len(listing.ignored)}
+                return fail(
+                    PROG,
+                    f"--images {args.images}: no readable image files "
+                    f"({len(bad)} unreadable, {len(listing.ignored)} ._* ignored)",
+                )
+            meta["source"] = {
+                "images": str(Path(args.images).resolve()),
+                "classes": listing.classes,
+                "unreadable": len(bad),
+                "ignored": len(listing.ignored),
+            }
         else:
             split = args.split or "test"
             emb, labels, paths = model.embed_split(data_cfg, split, batch_size=args.batch_size)
-            meta["source"] = {"config": args.config, "split": split,
-                              "data": OmegaConf.to_container(data_cfg, resolve=True)}
+            meta["source"] = {
+                "config": args.config,
+                "split": split,
+                "data": OmegaConf.to_container(data_cfg, resolve=True),
+            }
         write_export(args.output, emb, labels, paths, meta)
     except (ValueError, OSError, RuntimeError) as exc:  # not a checkpoint, a dataset it cannot build, disk errors
         return fail(PROG, " ".join(str(exc).split()) or type(exc).__name__)

@@ -11,6 +11,7 @@ With --ckpt, the student network of the checkpoint embeds the split exactly as t
 (same loader, batch size and precision), and K, the backend, normalisation, NMI and MAP@R default to the config's
 `eval` group. The metrics (percentages) are printed as JSON; --output also writes them (atomically).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,26 +40,46 @@ class InputError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        usage=("%(prog)s EMBEDDINGS.npz [--k LIST] [--query-gallery] [--output JSON] [--backend B] "
-               "[--no-normalize] [--no-nmi]\n"
-               "       %(prog)s --ckpt CKPT --config X [overrides...] [--split test|train] [--k LIST] [--output JSON]"),
-        epilog="example: plm-eval --ckpt runs/d/checkpoints/last.ckpt --config runs/d/config.yaml --k 1,2,4,8")
-    parser.add_argument("--k", default=None, metavar="LIST",
-                        help="comma-separated Recall@K list (default: 1,2,4,8, or the config's eval.ks with --ckpt)")
-    parser.add_argument("--query-gallery", action="store_true",
-                        help="separate query and gallery sets from the file's is_query / is_gallery masks")
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        usage=(
+            "%(prog)s EMBEDDINGS.npz [--k LIST] [--query-gallery] [--output JSON] [--backend B] "
+            "[--no-normalize] [--no-nmi]\n"
+            "       %(prog)s --ckpt CKPT --config X [overrides...] [--split test|train] [--k LIST] [--output JSON]"
+        ),
+        epilog="example: plm-eval --ckpt runs/d/checkpoints/last.ckpt --config runs/d/config.yaml --k 1,2,4,8",
+    )
+    parser.add_argument(
+        "--k",
+        default=None,
+        metavar="LIST",
+        help="comma-separated Recall@K list (default: 1,2,4,8, or the config's eval.ks with --ckpt)",
+    )
+    parser.add_argument(
+        "--query-gallery",
+        action="store_true",
+        help="separate query and gallery sets from the file's is_query / is_gallery masks",
+    )
     parser.add_argument("--output", default=None, metavar="JSON", help="also write the metrics to this JSON file")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="exact search backend (default: auto, or the config's eval.backend); identical results")
-    parser.add_argument("--no-normalize", action="store_true",
-                        help="rank by Euclidean distance on the raw embeddings (default: L2-normalised = cosine)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="exact search backend (default: auto, or the config's eval.backend); identical results",
+    )
+    parser.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="rank by Euclidean distance on the raw embeddings (default: L2-normalised = cosine)",
+    )
     parser.add_argument("--no-nmi", action="store_true", help="skip the k-means NMI")
     parser.add_argument("--ckpt", default=None, help="a checkpoint written by plm-fit (needs --config)")
     parser.add_argument("--config", default=None, help="with --ckpt: a YAML file, or the name of a bundled config")
     parser.add_argument("--split", choices=SPLITS, default=None, help="with --ckpt: the split to embed (default test)")
-    parser.add_argument("--device", default=None,
-                        help="with --ckpt: torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", default=None, help="with --ckpt: torch device (default: cuda if available, else cpu)"
+    )
     return parser
 
 
@@ -74,8 +95,7 @@ def parse_ks(text: Optional[str]) -> Optional[list[int]]:
     ks = []
     for part in parts:
         if not part.isdigit() or int(part) < 1:
-            raise InputError(f"--k: expected a comma-separated list of positive integers such as 1,2,4,8, "
-                             f"got {text!r}")
+            raise InputError(f"--k: expected a comma-separated list of positive integers such as 1,2,4,8, got {text!r}")
         ks.append(int(part))
     return sorted(set(ks))
 
@@ -112,11 +132,15 @@ def read_npz(path_text: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path_text}: file is empty")
     kind = _kind_of(path)
     if kind == "pickle":
-        raise InputError(f"{path_text}: a Python pickle, which plm-eval never loads (unpickling can run code); "
-                         "save plain arrays with numpy.savez(path, embeddings=..., labels=...)")
+        raise InputError(
+            f"{path_text}: a Python pickle, which plm-eval never loads (unpickling can run code); "
+            "save plain arrays with numpy.savez(path, embeddings=..., labels=...)"
+        )
     if kind == "npy":
-        raise InputError(f"{path_text}: a single .npy array; plm-eval needs an .npz archive with the arrays "
-                         "'embeddings' and 'labels' (numpy.savez)")
+        raise InputError(
+            f"{path_text}: a single .npy array; plm-eval needs an .npz archive with the arrays "
+            "'embeddings' and 'labels' (numpy.savez)"
+        )
     if kind != "npz":
         raise InputError(f"{path_text}: not an .npz archive (numpy.savez writes one)")
     try:
@@ -130,9 +154,11 @@ def read_npz(path_text: str) -> dict[str, np.ndarray]:
                 arrays[name] = archive[name]
             except ValueError as exc:
                 if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
-                    raise InputError(f"{path_text}: array '{name}' holds Python objects and needs pickle to load, "
-                                     "which plm-eval refuses (unpickling can run code); store numbers or "
-                                     "strings") from None
+                    raise InputError(
+                        f"{path_text}: array '{name}' holds Python objects and needs pickle to load, "
+                        "which plm-eval refuses (unpickling can run code); store numbers or "
+                        "strings"
+                    ) from None
                 raise InputError(f"{path_text}: cannot read array '{name}': {_first_line(exc)}") from None
             except Exception as exc:
                 raise InputError(f"{path_text}: cannot read array '{name}': {_first_line(exc)}") from None
@@ -163,8 +189,9 @@ def check_embeddings(emb: np.ndarray, path: str) -> np.ndarray:
     bad = ~np.isfinite(emb).all(axis=1) if np.issubdtype(emb.dtype, np.floating) else np.zeros(len(emb), bool)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise InputError(f"{path}: 'embeddings' has {rows.size} of {len(emb)} rows with NaN or inf "
-                         f"(first: row {rows[0]})")
+        raise InputError(
+            f"{path}: 'embeddings' has {rows.size} of {len(emb)} rows with NaN or inf (first: row {rows[0]})"
+        )
     return emb
 
 
@@ -205,8 +232,10 @@ def singleton_note(labels: np.ndarray) -> Optional[str]:
     lone = int((counts[inverse.reshape(-1)] == 1).sum())
     if lone == 0:
         return None
-    return (f"{lone} of {len(labels)} queries are the only item of their class (no correct answer): they count as "
-            "misses for R@K and are excluded from MAP@R and R-precision")
+    return (
+        f"{lone} of {len(labels)} queries are the only item of their class (no correct answer): they count as "
+        "misses for R@K and are excluded from MAP@R and R-precision"
+    )
 
 
 def no_match_note(query_labels: np.ndarray, gallery_labels: np.ndarray) -> Optional[str]:
@@ -214,16 +243,19 @@ def no_match_note(query_labels: np.ndarray, gallery_labels: np.ndarray) -> Optio
     lone = int((~np.isin(query_labels, gallery_labels)).sum())
     if lone == 0:
         return None
-    return (f"{lone} of {len(query_labels)} queries have no item of their class in the gallery (no correct answer): "
-            "they count as misses for R@K and are excluded from MAP@R and R-precision")
+    return (
+        f"{lone} of {len(query_labels)} queries have no item of their class in the gallery (no correct answer): "
+        "they count as misses for R@K and are excluded from MAP@R and R-precision"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The two modes
 
 
-def evaluate_npz(path: str, ks: Optional[list[int]], *, query_gallery: bool, backend: str, normalize: bool,
-                 compute_nmi: bool) -> dict[str, float]:
+def evaluate_npz(
+    path: str, ks: Optional[list[int]], *, query_gallery: bool, backend: str, normalize: bool, compute_nmi: bool
+) -> dict[str, float]:
     arrays = read_npz(path)
     emb = check_embeddings(_required(arrays, "embeddings", path), path)
     n = emb.shape[0]
@@ -235,27 +267,36 @@ def evaluate_npz(path: str, ks: Optional[list[int]], *, query_gallery: bool, bac
         is_gallery = check_mask(arrays, "is_gallery", n, path)
         overlap = int((is_query & is_gallery).sum())
         if overlap:
-            raise InputError(f"{path}: 'is_query' and 'is_gallery' overlap in {overlap} rows; a query would retrieve "
-                             "itself (use disjoint sets, or drop --query-gallery for the same-set protocol)")
+            raise InputError(
+                f"{path}: 'is_query' and 'is_gallery' overlap in {overlap} rows; a query would retrieve "
+                "itself (use disjoint sets, or drop --query-gallery for the same-set protocol)"
+            )
         _check_ks_fit(ks, int(is_gallery.sum()), "gallery items")
         message = no_match_note(labels[is_query], labels[is_gallery])
         import torch
+
         from plm_lightning.retrieval import evaluate_query_gallery
 
         metrics = evaluate_query_gallery(
-            torch.from_numpy(np.ascontiguousarray(emb[is_query])), torch.from_numpy(labels[is_query]),
-            torch.from_numpy(np.ascontiguousarray(emb[is_gallery])), torch.from_numpy(labels[is_gallery]),
-            ks, **options)
+            torch.from_numpy(np.ascontiguousarray(emb[is_query])),
+            torch.from_numpy(labels[is_query]),
+            torch.from_numpy(np.ascontiguousarray(emb[is_gallery])),
+            torch.from_numpy(labels[is_gallery]),
+            ks,
+            **options,
+        )
     else:
         if n < 2:
             raise InputError(f"{path}: retrieval needs at least 2 rows, got {n}")
         _check_ks_fit(ks, n - 1, "other items")
         message = singleton_note(labels)
         import torch
+
         from plm_lightning.retrieval import evaluate_embeddings
 
-        metrics = evaluate_embeddings(torch.from_numpy(np.ascontiguousarray(emb)), torch.from_numpy(labels), ks,
-                                      **options)
+        metrics = evaluate_embeddings(
+            torch.from_numpy(np.ascontiguousarray(emb)), torch.from_numpy(labels), ks, **options
+        )
     if message:
         note(message)
     return metrics
@@ -288,13 +329,25 @@ def _state_mismatch(expected: dict, found: dict) -> str:
         parts.append(f"{len(unexpected)} unexpected tensors, e.g. '{unexpected[0]}'")
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches, e.g. '{k}': {tuple(found[k].shape)} in the checkpoint, "
-                     f"{tuple(expected[k].shape)} in the model")
+        parts.append(
+            f"{len(shapes)} shape mismatches, e.g. '{k}': {tuple(found[k].shape)} in the checkpoint, "
+            f"{tuple(expected[k].shape)} in the model"
+        )
     return "; ".join(parts)
 
 
-def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[list[int]], *, backend: Optional[str],
-                        no_normalize: bool, no_nmi: bool, device: Optional[str]) -> dict[str, float]:
+def evaluate_checkpoint(
+    cfg,
+    cfg_name: str,
+    ckpt: str,
+    split: str,
+    ks: Optional[list[int]],
+    *,
+    backend: Optional[str],
+    no_normalize: bool,
+    no_nmi: bool,
+    device: Optional[str],
+) -> dict[str, float]:
     import torch
 
     from plm_lightning.analysis.features import build_module
@@ -311,8 +364,10 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     module, datamodule = build_module(OmegaConf.merge(cfg, {"model": {"pretrained": False}}))
     mismatch = _state_mismatch(module.state_dict(), state["state_dict"])
     if mismatch:
-        raise InputError(f"--ckpt {ckpt}: does not fit the model built from --config {cfg_name} ({mismatch}); "
-                         "pass the run's config.yaml")
+        raise InputError(
+            f"--ckpt {ckpt}: does not fit the model built from --config {cfg_name} ({mismatch}); "
+            "pass the run's config.yaml"
+        )
     require_finite(state["state_dict"], f"--ckpt {ckpt}")
     module.load_state_dict(state["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -324,9 +379,14 @@ def evaluate_checkpoint(cfg, cfg_name: str, ckpt: str, split: str, ks: Optional[
     order = torch.argsort(idx.cpu())  # row i = dataset item i, as the masks below index them
     emb, lab = emb.cpu()[order], lab.cpu()[order]
     ks = list(ks or cfg.eval.ks)
-    options = dict(normalize=bool(cfg.eval.normalize) and not no_normalize, backend=backend or cfg.eval.backend,
-                   map_r=bool(cfg.eval.map_r), compute_nmi=bool(cfg.eval.nmi) and not no_nmi, seed=int(cfg.run.seed),
-                   memory_budget_mb=float(cfg.eval.memory_budget_mb))
+    options = dict(
+        normalize=bool(cfg.eval.normalize) and not no_normalize,
+        backend=backend or cfg.eval.backend,
+        map_r=bool(cfg.eval.map_r),
+        compute_nmi=bool(cfg.eval.nmi) and not no_nmi,
+        seed=int(cfg.run.seed),
+        memory_budget_mb=float(cfg.eval.memory_budget_mb),
+    )
     query = getattr(datamodule.test_set, "query_mask", None) if split == "test" else None
     if query is not None:  # In-Shop: query images search the gallery, as in training-time evaluation
         from plm_lightning.retrieval import evaluate_query_gallery
@@ -359,8 +419,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.config is None:
                 raise InputError("--ckpt needs --config X (the run's config.yaml, or a bundled config name)")
             if args.query_gallery:
-                raise InputError("--query-gallery applies to EMBEDDINGS.npz only (the datasets' test splits query "
-                                 "themselves)")
+                raise InputError(
+                    "--query-gallery applies to EMBEDDINGS.npz only (the datasets' test splits query themselves)"
+                )
             npz = [r for r in rest if r.endswith(".npz")]
             if npz:
                 raise InputError(f"give either EMBEDDINGS.npz ({npz[0]}) or --ckpt, not both")
@@ -384,14 +445,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cfg is None:
             return 2
         try:
-            metrics = evaluate_checkpoint(cfg, args.config, args.ckpt, args.split or "test", ks, backend=args.backend,
-                                          no_normalize=args.no_normalize, no_nmi=args.no_nmi, device=args.device)
+            metrics = evaluate_checkpoint(
+                cfg,
+                args.config,
+                args.ckpt,
+                args.split or "test",
+                ks,
+                backend=args.backend,
+                no_normalize=args.no_normalize,
+                no_nmi=args.no_nmi,
+                device=args.device,
+            )
         except ValueError as exc:  # InputError, unreadable checkpoint, the core's argument checks
             return fail(PROG, _first_line(exc))
     else:
         try:
-            metrics = evaluate_npz(rest[0], ks, query_gallery=args.query_gallery, backend=args.backend or "auto",
-                                   normalize=not args.no_normalize, compute_nmi=not args.no_nmi)
+            metrics = evaluate_npz(
+                rest[0],
+                ks,
+                query_gallery=args.query_gallery,
+                backend=args.backend or "auto",
+                normalize=not args.no_normalize,
+                compute_nmi=not args.no_nmi,
+            )
         except ValueError as exc:
             return fail(PROG, _first_line(exc))
 

@@ -2,6 +2,7 @@
 
 Overrides: ``a.b=v``, ``--a.b=v`` or ``--a.b v`` (the W&B agent's formats); ``None`` means null.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,10 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="plm-fit", description=__doc__.split("\n\n")[0],
-        epilog="example: plm-fit --config digits.yaml optim.lr=3e-4 trainer.max_epochs=5 run.dir=runs/try1")
+        prog="plm-fit",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: plm-fit --config digits.yaml optim.lr=3e-4 trainer.max_epochs=5 run.dir=runs/try1",
+    )
     parser.add_argument("--config", required=True, help="a YAML file, or the name of a bundled config")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     return parser
@@ -38,10 +41,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from plm_lightning.data.base import DatasetError
     from plm_lightning.data.images import UnreadableImageError
+    from plm_lightning.experiment import fit  # heavy imports only once the config is known to be good
     from plm_lightning.models.backbones import PretrainedWeightsError
     from plm_lightning.models.embedding_module import TrainingDiverged
     from plm_lightning.run_directory import RunDirError
-    from plm_lightning.experiment import fit  # heavy imports only once the config is known to be good
 
     try:
         fit(cfg)
@@ -50,8 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # shells report it (130, 143).
         signum = getattr(exc, "signum", signal.SIGINT)
         where = f" run.dir={cfg.run.dir}" if cfg.run.dir else ""
-        fail("plm-fit", f"interrupted by {signal.Signals(signum).name}; continue from the last finished epoch with "
-                        f"resume=auto{where}")
+        fail(
+            "plm-fit",
+            f"interrupted by {signal.Signals(signum).name}; continue from the last finished epoch with "
+            f"resume=auto{where}",
+        )
         return 128 + int(signum)
     except (RunDirError, TrainingDiverged) as exc:  # the run folder, the resume checkpoint; NaN/inf in training
         return fail("plm-fit", str(exc))
@@ -62,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UnreadableImageError as exc:
         # From a DataLoader worker the message carries the worker's traceback; its "cannot read image" line says it.
         lines = [ln for ln in str(exc).splitlines() if "cannot read image" in ln] or str(exc).splitlines() or [""]
-        message = lines[-1][lines[-1].find("cannot read image"):] if "cannot read image" in lines[-1] else lines[-1]
+        message = lines[-1][lines[-1].find("cannot read image") :] if "cannot read image" in lines[-1] else lines[-1]
         return fail("plm-fit", f"{message}; set data.skip_unreadable=true to skip unreadable images")
     except OSError as exc:  # after UnreadableImageError, an OSError too
         if isinstance(exc, UnsafeOutputError):

@@ -9,6 +9,7 @@ works for datasets without files such as digits. Prints rank, similarity (cosine
 Euclidean distance, label and path of each result; --json prints the same as JSON; --grid draws the query and
 its results (green / red border: same / different class, where both labels are known).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,12 @@ PROG = "plm-search"
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
         usage="%(prog)s --index OUT (--image QUERY | --index-item N) [-k K] [--grid PNG] [--json]",
-        epilog="example: plm-search --index runs/d/export --image query.jpg -k 8 --grid results.png")
+        epilog="example: plm-search --index runs/d/export --image query.jpg -k 8 --grid results.png",
+    )
     parser.add_argument("--index", required=True, metavar="OUT", help="an export folder written by plm-embed")
     parser.add_argument("--image", default=None, metavar="QUERY", help="a query image file")
     parser.add_argument("--index-item", type=int, default=None, metavar="N", help="query with indexed item N")
@@ -92,10 +96,17 @@ def draw_grid(out: str, query_image: np.ndarray, query_label: int, export, score
     labels = [int(export.labels[i]) for i in ids]
     matches = [None if query_label < 0 or lab < 0 else lab == query_label for lab in labels]
     word = "sim" if metric == "inner_product" else "dist"
-    captions = [f"{r + 1}: {word} {s:.3f}" + (f"\nlabel {lab}" if lab >= 0 else "")
-                for r, (s, lab) in enumerate(zip(scores, labels))]
-    fig = retrieval_grid([query_image], [results], matches=[matches], captions=[captions],
-                         query_captions=["query" + (f"\nlabel {query_label}" if query_label >= 0 else "")])
+    captions = [
+        f"{r + 1}: {word} {s:.3f}" + (f"\nlabel {lab}" if lab >= 0 else "")
+        for r, (s, lab) in enumerate(zip(scores, labels))
+    ]
+    fig = retrieval_grid(
+        [query_image],
+        [results],
+        matches=[matches],
+        captions=[captions],
+        query_captions=["query" + (f"\nlabel {query_label}" if query_label >= 0 else "")],
+    )
     save_figure(fig, out)
 
 
@@ -134,8 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return fail(PROG, f"--image: {exc}")
             query = model.embed_images([image])[0]
             if query.shape[0] != export.embeddings.shape[1]:
-                return fail(PROG, f"the model gives {query.shape[0]}-d embeddings, the index holds "
-                                  f"{export.embeddings.shape[1]}-d ones (another checkpoint?)")
+                return fail(
+                    PROG,
+                    f"the model gives {query.shape[0]}-d embeddings, the index holds "
+                    f"{export.embeddings.shape[1]}-d ones (another checkpoint?)",
+                )
             query_path = str(Path(args.image).resolve())
             # A query that is itself an indexed file has a known class.
             query_label = int(export.labels[export.paths.index(query_path)]) if query_path in export.paths else -1
@@ -148,18 +162,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scores, ids = export.search(query[None, :], k, exclude=exclude)
         scores, ids = scores[0], ids[0]
         if args.grid:
-            query_image = (ItemImages(export.meta)(query_path) if args.index_item is not None
-                           else ItemImages(export.meta)(args.image))
+            query_image = (
+                ItemImages(export.meta)(query_path)
+                if args.index_item is not None
+                else ItemImages(export.meta)(args.image)
+            )
             draw_grid(args.grid, query_image, query_label, export, scores, ids, export.metric)
     except (ValueError, OSError, RuntimeError) as exc:
         return fail(PROG, " ".join(str(exc).split()) or type(exc).__name__)
 
     score_name = "similarity" if export.metric == "inner_product" else "distance"
-    results = [{"rank": r + 1, "index": int(i), score_name: float(s), "label": int(export.labels[i]),
-                "path": export.paths[i]} for r, (s, i) in enumerate(zip(scores, ids))]
+    results = [
+        {"rank": r + 1, "index": int(i), score_name: float(s), "label": int(export.labels[i]), "path": export.paths[i]}
+        for r, (s, i) in enumerate(zip(scores, ids))
+    ]
     if args.json:
-        doc = {"query": {"path": query_path, "label": query_label, "index_item": args.index_item},
-               "metric": export.metric, "results": results}
+        doc = {
+            "query": {"path": query_path, "label": query_label, "index_item": args.index_item},
+            "metric": export.metric,
+            "results": results,
+        }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print(f"query: {query_path}" + (f"  (label {query_label})" if query_label >= 0 else ""))

@@ -3,6 +3,7 @@ true classes on the nearest-neighbour batches that training builds (purity@k and
 
 Features: --features raw (input pixels / vectors), initial (the untrained network's teacher), checkpoint (--ckpt).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plm-simreport", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a YAML file, or the name of a bundled config")
     parser.add_argument("--output", required=True, help="report JSON path; the histogram PNG goes beside it")
-    parser.add_argument("--features", choices=("raw", "initial", "checkpoint"), default=None,
-                        help="default: checkpoint when --ckpt is given, else initial")
+    parser.add_argument(
+        "--features",
+        choices=("raw", "initial", "checkpoint"),
+        default=None,
+        help="default: checkpoint when --ckpt is given, else initial",
+    )
     parser.add_argument("--ckpt", default=None, help="a checkpoint written by plm-fit")
-    parser.add_argument("--estimators", default=",".join(ALL_ESTIMATORS),
-                        help=f"comma-separated subset of {','.join(ALL_ESTIMATORS)}")
+    parser.add_argument(
+        "--estimators", default=",".join(ALL_ESTIMATORS), help=f"comma-separated subset of {','.join(ALL_ESTIMATORS)}"
+    )
     parser.add_argument("--max-batches", type=int, default=None, help="use only the first N batches")
     return parser
 
@@ -49,8 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from plm_lightning.analysis.run_simreport import run_simreport
 
     try:
-        report = run_simreport(cfg, names, features=features, ckpt=args.ckpt, output=Path(args.output),
-                               max_batches=args.max_batches)
+        report = run_simreport(
+            cfg, names, features=features, ckpt=args.ckpt, output=Path(args.output), max_batches=args.max_batches
+        )
     except ValueError as exc:
         return fail(prog, str(exc).splitlines()[0])
     print(json.dumps(report, indent=2))

@@ -13,6 +13,7 @@ RUN_DIR/slurm/<jobid>.out.
 For CPU clusters (and tests), ``--cpu-tasks-per-node K`` replaces ``--gpus-per-node``: accelerator=cpu, K processes
 per node, no GPU request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,24 +55,39 @@ class RequestError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0],
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
         epilog="example: plm-slurm --config cub.yaml --nodes 1 --gpus-per-node 4 --time 24:00:00 "
-               "--partition gpu run.dir=/scratch/runs/cub1 optim.lr=3e-4")
+        "--partition gpu run.dir=/scratch/runs/cub1 optim.lr=3e-4",
+    )
     parser.add_argument("--config", required=True, help="a YAML file, or the name of a bundled config")
     parser.add_argument("--nodes", type=int, default=1, help="number of nodes (trainer.num_nodes); default 1")
     devices = parser.add_mutually_exclusive_group(required=True)
-    devices.add_argument("--gpus-per-node", type=int, metavar="G",
-                         help="GPUs per node: one process per GPU (trainer.devices=G, --ntasks-per-node=G)")
-    devices.add_argument("--cpu-tasks-per-node", type=int, metavar="K",
-                         help="no GPUs: accelerator=cpu with K processes per node (CPU clusters, tests)")
+    devices.add_argument(
+        "--gpus-per-node",
+        type=int,
+        metavar="G",
+        help="GPUs per node: one process per GPU (trainer.devices=G, --ntasks-per-node=G)",
+    )
+    devices.add_argument(
+        "--cpu-tasks-per-node",
+        type=int,
+        metavar="K",
+        help="no GPUs: accelerator=cpu with K processes per node (CPU clusters, tests)",
+    )
     parser.add_argument("--time", required=True, help="time limit, HH:MM:SS or D-HH:MM:SS")
     parser.add_argument("--partition", help="SLURM partition")
     parser.add_argument("--account", help="SLURM account")
     parser.add_argument("--cpus-per-task", type=int, help="CPU cores per process (data loading workers + 1)")
     parser.add_argument("--mem", help="memory per node, e.g. 64G")
-    parser.add_argument("--signal-lead", type=int, default=90, metavar="SECONDS",
-                        help="SIGUSR1 this long before the time limit; the job checkpoints at the end of the current "
-                             "epoch and requeues, so make it longer than one epoch plus its evaluation (default 90)")
+    parser.add_argument(
+        "--signal-lead",
+        type=int,
+        default=90,
+        metavar="SECONDS",
+        help="SIGUSR1 this long before the time limit; the job checkpoints at the end of the current "
+        "epoch and requeues, so make it longer than one epoch plus its evaluation (default 90)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the batch script; write and submit nothing")
     return parser
 
@@ -105,16 +121,20 @@ def apply_request(cfg: DictConfig, args: argparse.Namespace) -> DictConfig:
     if t.devices not in (1, per_node):  # 1 is the schema default: the request sets it
         raise RequestError(f"trainer.devices={t.devices} in the config contradicts {flag} {per_node}; drop one of them")
     if t.num_nodes not in (1, args.nodes):
-        raise RequestError(f"trainer.num_nodes={t.num_nodes} in the config contradicts --nodes {args.nodes}; "
-                           "drop one of them")
+        raise RequestError(
+            f"trainer.num_nodes={t.num_nodes} in the config contradicts --nodes {args.nodes}; drop one of them"
+        )
     accelerator = str(t.accelerator).lower()
     if gpu and accelerator not in ("auto", "gpu", "cuda"):
-        raise RequestError(f"trainer.accelerator={t.accelerator} in the config contradicts --gpus-per-node; "
-                           "override trainer.accelerator=gpu, or use --cpu-tasks-per-node")
+        raise RequestError(
+            f"trainer.accelerator={t.accelerator} in the config contradicts --gpus-per-node; "
+            "override trainer.accelerator=gpu, or use --cpu-tasks-per-node"
+        )
     if not gpu and accelerator not in ("auto", "cpu"):
         raise RequestError(f"trainer.accelerator={t.accelerator} in the config contradicts --cpu-tasks-per-node")
-    return OmegaConf.merge(cfg, {"trainer": {"devices": per_node, "num_nodes": args.nodes,
-                                             "accelerator": "gpu" if gpu else "cpu"}})
+    return OmegaConf.merge(
+        cfg, {"trainer": {"devices": per_node, "num_nodes": args.nodes, "accelerator": "gpu" if gpu else "cpu"}}
+    )
 
 
 def resolve_run_dir(cfg: DictConfig, cwd: Path) -> Path:
@@ -135,8 +155,7 @@ def job_name(cfg: DictConfig, run_dir: Path) -> str:
 def exported_environment(environ: dict[str, str]) -> dict[str, str]:
     """What the job needs from the submitting shell, never a secret (sbatch passes the rest of the environment
     along by itself, but a requeued job must not depend on what a shell looked like at submission)."""
-    names = [n for n in environ
-             if n in _EXPORT_NAMES or (n.startswith("PLM_") and n not in ("PLM_RUN_DIR", GRACE_ENV))]
+    names = [n for n in environ if n in _EXPORT_NAMES or (n.startswith("PLM_") and n not in ("PLM_RUN_DIR", GRACE_ENV))]
     return {n: environ[n] for n in sorted(names) if not _SECRET.search(n)}
 
 
@@ -144,18 +163,33 @@ def requeue_grace(signal_lead: int) -> int:
     return signal_lead - 20 if signal_lead > 40 else max(1, signal_lead // 2)
 
 
-def render_script(*, run_dir: Path, name: str, nodes: int, tasks_per_node: int, gpus_per_node: int, time_limit: str,
-                  signal_lead: int, workdir: Path, python: str, partition: Optional[str] = None,
-                  account: Optional[str] = None, cpus_per_task: Optional[int] = None, mem: Optional[str] = None,
-                  environ: Optional[dict[str, str]] = None) -> str:
+def render_script(
+    *,
+    run_dir: Path,
+    name: str,
+    nodes: int,
+    tasks_per_node: int,
+    gpus_per_node: int,
+    time_limit: str,
+    signal_lead: int,
+    workdir: Path,
+    python: str,
+    partition: Optional[str] = None,
+    account: Optional[str] = None,
+    cpus_per_task: Optional[int] = None,
+    mem: Optional[str] = None,
+    environ: Optional[dict[str, str]] = None,
+) -> str:
     log = run_dir / "slurm" / "%j.out"
-    lines = ["#!/bin/bash",
-             f"# Written by plm-slurm for the run in {run_dir}. Every start of this job (the first and each requeue)",
-             "# continues that run from its newest checkpoint: resume=auto, same run.dir, same W&B run id.",
-             f"#SBATCH --job-name={name}",
-             f"#SBATCH --nodes={nodes}",
-             # One task per device, by --ntasks-per-node: that is what Lightning's SLURM detection checks.
-             f"#SBATCH --ntasks-per-node={tasks_per_node}"]
+    lines = [
+        "#!/bin/bash",
+        f"# Written by plm-slurm for the run in {run_dir}. Every start of this job (the first and each requeue)",
+        "# continues that run from its newest checkpoint: resume=auto, same run.dir, same W&B run id.",
+        f"#SBATCH --job-name={name}",
+        f"#SBATCH --nodes={nodes}",
+        # One task per device, by --ntasks-per-node: that is what Lightning's SLURM detection checks.
+        f"#SBATCH --ntasks-per-node={tasks_per_node}",
+    ]
     if gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{gpus_per_node}")
     if cpus_per_task:
@@ -167,24 +201,28 @@ def render_script(*, run_dir: Path, name: str, nodes: int, tasks_per_node: int, 
         lines.append(f"#SBATCH --partition={partition}")
     if account:
         lines.append(f"#SBATCH --account={account}")
-    lines += [f"#SBATCH --signal=SIGUSR1@{signal_lead}",
-              "#SBATCH --requeue",
-              "#SBATCH --open-mode=append",  # a requeued start appends to the same log
-              f"#SBATCH --output={log}",
-              f"#SBATCH --error={log}",
-              f"#SBATCH --chdir={workdir}",
-              ""]
+    lines += [
+        f"#SBATCH --signal=SIGUSR1@{signal_lead}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",  # a requeued start appends to the same log
+        f"#SBATCH --output={log}",
+        f"#SBATCH --error={log}",
+        f"#SBATCH --chdir={workdir}",
+        "",
+    ]
     for key, value in (environ or {}).items():
         lines.append(f"export {key}={shlex.quote(value)}")
     # How long the job may wait for the epoch to end after SIGUSR1 before it requeues anyway (read by
     # plm_lightning.callbacks.slurm_requeue): ahead of the time limit by a margin for the requeue itself.
     lines.append(f"export {GRACE_ENV}={requeue_grace(signal_lead)}")
-    lines += ['echo "plm-slurm: job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $(date -Is)"',
-              # exec: srun replaces bash, so no bash parent stands between SLURM's signals and the training processes
-              f"exec srun {shlex.quote(python)} -m plm_lightning.cli.fit "
-              f"--config {shlex.quote(str(run_dir / 'config.yaml'))} resume=auto "
-              f"{shlex.quote('run.dir=' + str(run_dir))}",
-              ""]
+    lines += [
+        'echo "plm-slurm: job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $(date -Is)"',
+        # exec: srun replaces bash, so no bash parent stands between SLURM's signals and the training processes
+        f"exec srun {shlex.quote(python)} -m plm_lightning.cli.fit "
+        f"--config {shlex.quote(str(run_dir / 'config.yaml'))} resume=auto "
+        f"{shlex.quote('run.dir=' + str(run_dir))}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -219,18 +257,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = stored_config(OmegaConf.merge(cfg, {"run": {"dir": str(run_dir)}}))
     gpus = args.gpus_per_node or 0
     script = render_script(
-        run_dir=run_dir, name=job_name(cfg, run_dir), nodes=args.nodes, tasks_per_node=cfg.trainer.devices,
-        gpus_per_node=gpus, time_limit=args.time, signal_lead=args.signal_lead, workdir=cwd, python=sys.executable,
-        partition=args.partition, account=args.account, cpus_per_task=args.cpus_per_task, mem=args.mem,
-        environ=exported_environment(dict(os.environ)))
+        run_dir=run_dir,
+        name=job_name(cfg, run_dir),
+        nodes=args.nodes,
+        tasks_per_node=cfg.trainer.devices,
+        gpus_per_node=gpus,
+        time_limit=args.time,
+        signal_lead=args.signal_lead,
+        workdir=cwd,
+        python=sys.executable,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        environ=exported_environment(dict(os.environ)),
+    )
     if args.dry_run:
         print(script, end="")
         return 0
     if shutil.which("sbatch") is None:
         return fail(PROG, "sbatch not found on PATH (is this a SLURM login node?); --dry-run prints the script")
     if (run_dir / "config.yaml").exists():
-        print(f"{PROG}: {run_dir} already holds a run; the job continues it from its newest checkpoint",
-              file=sys.stderr)
+        print(
+            f"{PROG}: {run_dir} already holds a run; the job continues it from its newest checkpoint", file=sys.stderr
+        )
     # The merged config is in the run directory before the job exists, so every start reads the same one.
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     script_path = run_dir / "slurm" / SCRIPT_NAME

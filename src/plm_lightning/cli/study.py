@@ -5,6 +5,7 @@ NAME: curvature (similarity accuracy vs curvature per estimator), proxies (Recal
 across batch sizes), sensitivity (PLM similarity quality vs k, M, tau, m), cost (time vs batch size, dim, proxies),
 ladder (the ablation ladder over seeds: pretraining, PLM, each part removed, the baselines, the supervised bound).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default="synthetic.yaml", help="a YAML file or bundled config name")
     parser.add_argument("--max-batches", type=int, default=None, help="quality studies: first N batches only")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="ladder: comma-separated seeds (0,1,2)")
-    parser.add_argument("--pretrain", default="auto",
-                        help="ladder: the source-task config that pretrains the backbone when model.weights is unset "
-                             "('auto': <config>_pretrain.yaml if there is one; 'none': no pretraining)")
-    parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="ladder: an override of the pretraining config (repeatable)")
-    parser.add_argument("--rungs", choices=("ladder", "knobs"), default="ladder",
-                        help="ladder: the ablation ladder, or 'knobs' (one [ours] training default changed at a "
-                             "time; written as knobs.md etc. beside the ladder's files)")
+    parser.add_argument(
+        "--pretrain",
+        default="auto",
+        help="ladder: the source-task config that pretrains the backbone when model.weights is unset "
+        "('auto': <config>_pretrain.yaml if there is one; 'none': no pretraining)",
+    )
+    parser.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ladder: an override of the pretraining config (repeatable)",
+    )
+    parser.add_argument(
+        "--rungs",
+        choices=("ladder", "knobs"),
+        default="ladder",
+        help="ladder: the ablation ladder, or 'knobs' (one [ours] training default changed at a "
+        "time; written as knobs.md etc. beside the ladder's files)",
+    )
     args, overrides = parser.parse_known_args(argv)
     cfg = config_or_none("plm-study", args.config, overrides)
     if cfg is None:
@@ -55,8 +68,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _ladder(cfg, args, out)
     kwargs = {"max_batches": args.max_batches} if args.study in ("curvature", "sensitivity") else {}
     rows = STUDIES[args.study](cfg, out, **kwargs)
-    print(f"{args.study}: {len(rows)} rows in {time.perf_counter() - started:.1f} s -> {out / (args.study + '.csv')}, "
-          f"{out / (args.study + '.png')}")
+    print(
+        f"{args.study}: {len(rows)} rows in {time.perf_counter() - started:.1f} s -> {out / (args.study + '.csv')}, "
+        f"{out / (args.study + '.png')}"
+    )
     for row in rows:
         print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return 0
@@ -73,8 +88,9 @@ def _ladder(cfg, args, out: Path) -> int:
             if pretrain_cfg is None:
                 return 2
     try:
-        ladder_study(cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg, rungs=RUNG_SETS[args.rungs],
-                     name=args.rungs)
+        ladder_study(
+            cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg, rungs=RUNG_SETS[args.rungs], name=args.rungs
+        )
     except Exception as exc:
         from plm_lightning.config import ConfigError
         from plm_lightning.data.base import DatasetError

@@ -3,6 +3,7 @@
 Every problem becomes a ``ConfigError`` with a one-line message that names the file or key and, for unknown keys
 and choices, suggests close matches. Nothing runs before the whole config has been validated.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -125,8 +126,12 @@ def _merge_dotlist(cfg: DictConfig, dotlist: list[str], source: str) -> DictConf
     return _merge(cfg, data, source)
 
 
-def override_config(cfg: DictConfig, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None,
-                    source: str = "in an override") -> DictConfig:
+def override_config(
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    source: str = "in an override",
+) -> DictConfig:
     """A validated, read-only copy of ``cfg`` with command-line style ``overrides`` ("a.b=v") and then ``values``
     ({"a.b": v}, Python values) applied. Raises ConfigError as load_config does."""
     merged = OmegaConf.merge(cfg)  # a writable copy that keeps the schema
@@ -159,8 +164,9 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Dic
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); a config is YAML "
-                              f"text") from None
+            raise ConfigError(
+                f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); a config is YAML text"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(data, dict):

@@ -3,10 +3,11 @@
 Defaults marked [ours] are this project's choices where the paper is silent (see ../docs/method.md and
 docs/method.md); the defaults here are the paper-scale ones, small configs (digits.yaml) override them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 
 @dataclass
@@ -56,8 +57,8 @@ class DataConfig:
     train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
     # folder datasets: explicit class-disjoint split by class folder name ([] = use train_class_fraction; one list
     # given = the other split gets the remaining classes)
-    train_classes: List[str] = field(default_factory=list)
-    test_classes: List[str] = field(default_factory=list)
+    train_classes: list[str] = field(default_factory=list)
+    test_classes: list[str] = field(default_factory=list)
     # benchmarks: compare each split with the official image / class counts; false for a subset or miniature copy
     # (listed files missing on disk are an error either way)
     check_counts: bool = True
@@ -161,7 +162,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     every_n_epochs: int = 1
     before_training: bool = True
     backend: str = "auto"  # auto | faiss | torch
@@ -182,7 +183,7 @@ class LoggerConfig:
     project: str = "plm-lightning"
     entity: Optional[str] = None
     name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Semantic checks of a merged config: every value that would fail later fails here, before any work starts."""
+
 from __future__ import annotations
 
 import difflib
@@ -62,14 +63,22 @@ def _check_data_root(cfg: DictConfig, dataset) -> None:
     hint = dataset.prepare_hint(root) if hasattr(dataset, "prepare_hint") else "point data.root at the dataset"
     _require(root.is_dir(), "data.root", shown, f"folder does not exist{origin}; {hint}")
     missing = [m for m in getattr(dataset, "metadata_files", ()) if not (root / m).is_file()]
-    _require(not missing, "data.root", shown, f"not a {getattr(dataset, 'title', cfg.data.name)} folder{origin}: "
-             f"{', '.join(missing)} missing; {hint}")
+    _require(
+        not missing,
+        "data.root",
+        shown,
+        f"not a {getattr(dataset, 'title', cfg.data.name)} folder{origin}: {', '.join(missing)} missing; {hint}",
+    )
     if cfg.data.name == "folder":
         from plm_lightning.data.folder import class_folders, split_classes
 
         try:
-            split_classes(class_folders(root), cfg.data.train_class_fraction, list(cfg.data.train_classes),
-                          list(cfg.data.test_classes))
+            split_classes(
+                class_folders(root),
+                cfg.data.train_class_fraction,
+                list(cfg.data.train_classes),
+                list(cfg.data.test_classes),
+            )
         except ValueError as exc:
             raise ConfigError(f"invalid data split of data.root {shown}: {exc}") from None
 
@@ -93,25 +102,57 @@ def validate_config(cfg: DictConfig) -> None:
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"invalid value for config key '{key}': {value!r} is not one of "
-                              f"{', '.join(map(str, allowed))}{hint}")
+            raise ConfigError(
+                f"invalid value for config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}{hint}"
+            )
 
-    positive = ["data.image_size", "data.resize", "data.batch_size", "data.neighbours_per_seed",
-                "data.refresh_every", "data.eval_batch_size", "data.prefetch_factor", "data.views", "model.embedding_dim",
-                "model.width",
-                "method.n_alpha", "method.piece_dim", "method.tau", "method.delta", "method.gaussian_sigma",
-                "method.supervised.temperature", "optim.lr",
-                "trainer.max_epochs", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
-                "eval.every_n_epochs", "eval.memory_budget_mb"]
+    positive = [
+        "data.image_size",
+        "data.resize",
+        "data.batch_size",
+        "data.neighbours_per_seed",
+        "data.refresh_every",
+        "data.eval_batch_size",
+        "data.prefetch_factor",
+        "data.views",
+        "model.embedding_dim",
+        "model.width",
+        "method.n_alpha",
+        "method.piece_dim",
+        "method.tau",
+        "method.delta",
+        "method.gaussian_sigma",
+        "method.supervised.temperature",
+        "optim.lr",
+        "trainer.max_epochs",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.log_every_n_steps",
+        "eval.every_n_epochs",
+        "eval.memory_budget_mb",
+    ]
     for key in positive:
         value = _get(cfg, key)
         _require(value > 0, key, value, "must be positive")
-    for key in ("optim.head_lr", "optim.proxy_lr", "method.max_candidates", "method.proxy_neighbours",
-                "method.knn_k", "method.kmeans_clusters"):
+    for key in (
+        "optim.head_lr",
+        "optim.proxy_lr",
+        "method.max_candidates",
+        "method.proxy_neighbours",
+        "method.knn_k",
+        "method.kmeans_clusters",
+    ):
         value = _get(cfg, key)
         _require(value is None or value > 0, key, value, "must be positive or null")
-    for key in ("method.n_beta", "method.num_proxies", "method.lambda_proxy", "method.lambda_nbhd",
-                "optim.weight_decay", "optim.warmup_epochs", "data.num_workers"):
+    for key in (
+        "method.n_beta",
+        "method.num_proxies",
+        "method.lambda_proxy",
+        "method.lambda_nbhd",
+        "optim.weight_decay",
+        "optim.warmup_epochs",
+        "data.num_workers",
+    ):
         value = _get(cfg, key)
         _require(value >= 0, key, value, "must be non-negative")
     m = cfg.method.ema_momentum
@@ -122,12 +163,24 @@ def validate_config(cfg: DictConfig) -> None:
     _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
     ltb = cfg.trainer.limit_train_batches
     _require(ltb is None or ltb > 0, "trainer.limit_train_batches", ltb, "must be positive or null")
-    _require(ltb is None or ltb <= 1 or float(ltb).is_integer(), "trainer.limit_train_batches", ltb,
-             "a fraction of the epoch (at most 1.0) or a whole number of batches")
-    _require(cfg.trainer.max_steps == -1 or cfg.trainer.max_steps > 0, "trainer.max_steps", cfg.trainer.max_steps,
-             "must be positive, or -1 for no limit")
-    _require(cfg.optim.warmup_epochs < cfg.trainer.max_epochs, "optim.warmup_epochs", cfg.optim.warmup_epochs,
-             f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}")
+    _require(
+        ltb is None or ltb <= 1 or float(ltb).is_integer(),
+        "trainer.limit_train_batches",
+        ltb,
+        "a fraction of the epoch (at most 1.0) or a whole number of batches",
+    )
+    _require(
+        cfg.trainer.max_steps == -1 or cfg.trainer.max_steps > 0,
+        "trainer.max_steps",
+        cfg.trainer.max_steps,
+        "must be positive, or -1 for no limit",
+    )
+    _require(
+        cfg.optim.warmup_epochs < cfg.trainer.max_epochs,
+        "optim.warmup_epochs",
+        cfg.optim.warmup_epochs,
+        f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}",
+    )
 
     weights = cfg.model.weights
     if weights is not None:
@@ -173,9 +226,15 @@ def validate_config(cfg: DictConfig) -> None:
         from plm_lightning.models.bn_inception import bn_inception_map_size
 
         size = cfg.data.image_size
-        _require(bn_inception_map_size(size) is not None, "data.image_size", size,
-                 "does not fit bn_inception's stride-2 blocks; use e.g. 224 or 227")
+        _require(
+            bn_inception_map_size(size) is not None,
+            "data.image_size",
+            size,
+            "does not fit bn_inception's stride-2 blocks; use e.g. 224 or 227",
+        )
     spec = BACKBONES[cfg.model.backbone]
     if cfg.model.pretrained and not spec.pretrainable:
-        raise ConfigError(f"invalid value for config key 'model.pretrained': true ('{cfg.model.backbone}' has no "
-                          f"pretrained weights; set model.pretrained=false)")
+        raise ConfigError(
+            f"invalid value for config key 'model.pretrained': true ('{cfg.model.backbone}' has no "
+            f"pretrained weights; set model.pretrained=false)"
+        )

@@ -1,4 +1,5 @@
 """What every retrieval dataset provides: (image, label, index) items and a few facts the transforms need."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -38,7 +39,7 @@ class RetrievalDataset(Dataset):
         return cls.channels
 
     @classmethod
-    def from_config(cls, split: str, transform, data_cfg) -> "RetrievalDataset":
+    def from_config(cls, split: str, transform, data_cfg) -> RetrievalDataset:
         """Build the split from the ``data`` config group (subclasses read their own keys)."""
         return cls(split, transform=transform, root=data_cfg.root)
 

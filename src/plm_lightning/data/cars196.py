@@ -1,5 +1,6 @@
 """Cars196 (Stanford Cars): 16,185 images of 196 car models; metric learning trains on classes 1-98 and tests on
 99-196 (docs/protocols.md; the annotations' ``test`` flag is a classification split, ignored)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,14 @@ class Cars196Dataset(ImageFileDataset):
     official = {"train": SplitCounts(8054, 98), "test": SplitCounts(8131, 98)}
     # The original ai.stanford.edu downloads are gone (torchvision's StanfordCars says so too): no download here.
     loose_files = {"cars_annos.mat": "cars_annos.mat"}
-    manual_steps = ("The original Stanford download (ai.stanford.edu/~jkrause/cars/car_dataset.html) is offline and "
-                    "there is no official mirror. Get car_ims.tgz (all 16,185 images) and cars_annos.mat (the "
-                    "annotations of all images, with class ids 1..196) from a copy you trust (a colleague, an "
-                    "institutional mirror, an archived copy of the original page), then run: plm-data prepare cars196 "
-                    "--root ROOT --from car_ims.tgz --from cars_annos.mat. The Kaggle re-packaging (names.csv, "
-                    "anno_train.csv, car_data/) orders classes differently and does not fit.")
+    manual_steps = (
+        "The original Stanford download (ai.stanford.edu/~jkrause/cars/car_dataset.html) is offline and "
+        "there is no official mirror. Get car_ims.tgz (all 16,185 images) and cars_annos.mat (the "
+        "annotations of all images, with class ids 1..196) from a copy you trust (a colleague, an "
+        "institutional mirror, an archived copy of the original page), then run: plm-data prepare cars196 "
+        "--root ROOT --from car_ims.tgz --from cars_annos.mat. The Kaggle re-packaging (names.csv, "
+        "anno_train.csv, car_data/) orders classes differently and does not fit."
+    )
     layout = """ROOT/
   cars_annos.mat             struct array 'annotations' (relative_im_path, bbox_*, class, test), 'class_names'
   car_ims/000001.jpg
@@ -41,8 +44,9 @@ class Cars196Dataset(ImageFileDataset):
         try:
             mat = loadmat(str(path), squeeze_me=True)
         except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError... for a damaged file
-            raise DatasetError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                               ) from None
+            raise DatasetError(
+                f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         if "annotations" not in mat:
             raise DatasetError(f"{path}: no 'annotations' struct array (found {', '.join(sorted(mat))})")
         ann = np.atleast_1d(mat["annotations"])

@@ -3,6 +3,7 @@ loaders that the teacher's embedding pass and the evaluation iterate (sharded by
 
 Images stream from disk through ``data.num_workers`` worker processes (persistent for the training loader, each
 loading ``data.prefetch_factor`` batches ahead), into pinned memory when training on CUDA."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
@@ -60,8 +61,15 @@ class LazyStartDataLoader(DataLoader):
 
 
 class RetrievalDataModule(L.LightningDataModule):
-    def __init__(self, cfg: "DataConfig", *, backbone_channels: int, input_space: str = "any", seed: int = 0,
-                 sampling: str = "neighbours"):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        backbone_channels: int,
+        input_space: str = "any",
+        seed: int = 0,
+        sampling: str = "neighbours",
+    ):
         """backbone_channels / input_space: what the backbone takes (BackboneSpec; head.backbone_input_channels
         and head.backbone_input_space), so the transforms end in the preprocessing its weights expect.
         sampling: "neighbours" (the method's nearest-neighbour batches) or "random" (the supervised reference)."""
@@ -83,10 +91,16 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _transform(self, train: bool):
         cls = self.dataset_cls
-        return build_transform(augmentation=cls.augmentation, train=train, augment=self.cfg.augment,
-                               image_size=self.cfg.image_size, resize=self.cfg.resize,
-                               in_channels=cls.input_channels(self.cfg), out_channels=self.backbone_channels,
-                               input_space=self.input_space)
+        return build_transform(
+            augmentation=cls.augmentation,
+            train=train,
+            augment=self.cfg.augment,
+            image_size=self.cfg.image_size,
+            resize=self.cfg.resize,
+            in_channels=cls.input_channels(self.cfg),
+            out_channels=self.backbone_channels,
+            input_space=self.input_space,
+        )
 
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls
@@ -109,20 +123,26 @@ class RetrievalDataModule(L.LightningDataModule):
             self.train_eval_set = self._dataset("train", train_transform=False)
             self.test_set = self._dataset("test", train_transform=False)
             cls = self.dataset_cls
-            self.batch_augmentation = batch_augmentation(augmentation=cls.augmentation, augment=self.cfg.augment,
-                                                         eval_transform=self._transform(False),
-                                                         in_channels=cls.input_channels(self.cfg))
+            self.batch_augmentation = batch_augmentation(
+                augmentation=cls.augmentation,
+                augment=self.cfg.augment,
+                eval_transform=self._transform(False),
+                in_channels=cls.input_channels(self.cfg),
+            )
         rank, world = self.rank_and_world
         if self.batch_sampler is None or (self.batch_sampler.rank, self.batch_sampler.world_size) != (rank, world):
             n, b = len(self.train_set), self.cfg.batch_size
             if n // b < world:  # a config / dataset mismatch: one line from plm-fit, not a traceback
-                raise DatasetError(f"the {self.cfg.name} training split has {n} images: not enough for one batch of "
-                                   f"data.batch_size={b} per process ({world} process(es)); lower data.batch_size")
+                raise DatasetError(
+                    f"the {self.cfg.name} training split has {n} images: not enough for one batch of "
+                    f"data.batch_size={b} per process ({world} process(es)); lower data.batch_size"
+                )
             if self.sampling == "random":
                 self.batch_sampler = RandomBatchSampler(n, b, seed=self.seed, rank=rank, world_size=world)
             else:
                 self.batch_sampler = NearestNeighbourBatchSampler(
-                    n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world)
+                    n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world
+                )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches of the upright-image family get their random affine here, on the training device (the
@@ -152,15 +172,21 @@ class RetrievalDataModule(L.LightningDataModule):
         # torch RNG. Lightning creates the first iterator of a fit before on_train_epoch_start, so on a resumed
         # run that draw would otherwise fall before the restored RNG state and shift every later augmentation.
         generator = torch.Generator().manual_seed(self.seed)
-        return LazyStartDataLoader(self.train_set, batch_sampler=self.batch_sampler, generator=generator,
-                                   **self._loader_kwargs())
+        return LazyStartDataLoader(
+            self.train_set, batch_sampler=self.batch_sampler, generator=generator, **self._loader_kwargs()
+        )
 
     def _sharded(self, dataset: RetrievalDataset) -> DataLoader:
         rank, world = self.rank_and_world
         kwargs = self._loader_kwargs()
         kwargs["persistent_workers"] = False  # iterated once per epoch, outside Lightning's loops
-        return DataLoader(dataset, batch_size=self.cfg.eval_batch_size, shuffle=False,
-                          sampler=ShardSampler(len(dataset), rank, world), **kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.eval_batch_size,
+            shuffle=False,
+            sampler=ShardSampler(len(dataset), rank, world),
+            **kwargs,
+        )
 
     def train_embedding_dataloader(self) -> DataLoader:
         """The training split with the eval transform, for the teacher's embedding pass."""

@@ -2,6 +2,7 @@
 
 Class-disjoint like the retrieval benchmarks: train on digits 0-4, evaluate zero-shot on the unseen 5-9.
 """
+
 from __future__ import annotations
 
 import torch

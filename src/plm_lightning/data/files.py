@@ -4,6 +4,7 @@ counts, and loading with an optional skip policy for unreadable files.
 A benchmark subclass (cub.py, cars196.py, sop.py, inshop.py) states its facts as class attributes (metadata files,
 official counts, download or manual steps, expected layout) and implements ``read_split``; everything else is here.
 """
+
 from __future__ import annotations
 
 import errno
@@ -128,12 +129,17 @@ class ImageFileDataset(RetrievalDataset):
 
     @classmethod
     def from_config(cls, split, transform, data_cfg):
-        return cls(split, transform=transform, root=resolve_root(cls.name, data_cfg.root),
-                   check_counts=bool(getattr(data_cfg, "check_counts", True)),
-                   skip_unreadable=bool(getattr(data_cfg, "skip_unreadable", False)))
+        return cls(
+            split,
+            transform=transform,
+            root=resolve_root(cls.name, data_cfg.root),
+            check_counts=bool(getattr(data_cfg, "check_counts", True)),
+            skip_unreadable=bool(getattr(data_cfg, "skip_unreadable", False)),
+        )
 
-    def __init__(self, split: str, transform=None, root=None, *, check_counts: bool = True,
-                 skip_unreadable: bool = False):
+    def __init__(
+        self, split: str, transform=None, root=None, *, check_counts: bool = True, skip_unreadable: bool = False
+    ):
         super().__init__(split, transform)
         self.root = resolve_root(self.name, root)
         self.check_counts = check_counts
@@ -170,8 +176,9 @@ class ImageFileDataset(RetrievalDataset):
             return [f"data.root {root} does not exist; {cls.prepare_hint(root)}"]
         missing = [m for m in cls.metadata_files if not (root / m).is_file()]
         if missing:
-            return [f"data.root {root} is not a {cls.title} folder ({', '.join(missing)} missing); "
-                    f"{cls.prepare_hint(root)}"]
+            return [
+                f"data.root {root} is not a {cls.title} folder ({', '.join(missing)} missing); {cls.prepare_hint(root)}"
+            ]
         return []
 
     @classmethod
@@ -187,21 +194,30 @@ class ImageFileDataset(RetrievalDataset):
             shown = ", ".join(missing[:SHOW_MISSING]) + (", ..." if len(missing) > SHOW_MISSING else "")
             loops = list(dict.fromkeys(p for p in (symlink_loop(Path(root), m) for m in missing[:1000]) if p))
             if loops:  # not missing: unreachable behind a symlink that points back at itself
-                problems.append(f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images cannot be "
-                                f"reached: {loops[0]} is a symlink loop" + (f" (and {len(loops) - 1} more)"
-                                                                           if len(loops) > 1 else ""))
+                problems.append(
+                    f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images cannot be "
+                    f"reached: {loops[0]} is a symlink loop"
+                    + (f" (and {len(loops) - 1} more)" if len(loops) > 1 else "")
+                )
             else:
-                problems.append(f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images are "
-                                f"missing ({shown}); {cls.prepare_hint(root)}")
+                problems.append(
+                    f"{where}: {_n(len(missing))} of {_n(len(listing.paths))} listed images are "
+                    f"missing ({shown}); {cls.prepare_hint(root)}"
+                )
         expected = cls.official.get(split)
         if check_counts and expected is not None:
             found = listing.counts()
             names = {"images": "images", "classes": "classes", "query": "query images", "gallery": "gallery images"}
-            diffs = [f"{_n(getattr(found, k))} {names[k]} (official: {_n(getattr(expected, k))})" for k in names
-                     if getattr(expected, k) is not None and getattr(found, k) != getattr(expected, k)]
+            diffs = [
+                f"{_n(getattr(found, k))} {names[k]} (official: {_n(getattr(expected, k))})"
+                for k in names
+                if getattr(expected, k) is not None and getattr(found, k) != getattr(expected, k)
+            ]
             if diffs:
-                problems.append(f"{where}: the metadata lists {', '.join(diffs)}; for a subset or miniature copy "
-                                f"set data.check_counts=false (plm-data: --no-check-counts)")
+                problems.append(
+                    f"{where}: the metadata lists {', '.join(diffs)}; for a subset or miniature copy "
+                    f"set data.check_counts=false (plm-data: --no-check-counts)"
+                )
         return problems
 
     # ----- loading -----
@@ -219,8 +235,14 @@ class ImageFileDataset(RetrievalDataset):
     def _note_skip(self, exc: UnreadableImageError) -> None:
         if exc.path not in self.skipped:
             self.skipped[exc.path] = exc.reason
-            log.warning("%s %s split: skipping unreadable image %s (%s); %d skipped so far (data.skip_unreadable=true)",
-                        self.title or self.name, self.split, exc.path, exc.reason, len(self.skipped))
+            log.warning(
+                "%s %s split: skipping unreadable image %s (%s); %d skipped so far (data.skip_unreadable=true)",
+                self.title or self.name,
+                self.split,
+                exc.path,
+                exc.reason,
+                len(self.skipped),
+            )
 
     def _substitute(self, index: int):
         if self._same_class is None:
@@ -233,8 +255,11 @@ class ImageFileDataset(RetrievalDataset):
         at = group.index(index)
         n = len(self)
         # Next members of the same class (wrapping around), then every other item in index order from here.
-        candidates = group[at + 1:] + group[:at] + [(index + k) % n for k in range(1, n)
-                                                     if int(self.labels[(index + k) % n]) != label]
+        candidates = (
+            group[at + 1 :]
+            + group[:at]
+            + [(index + k) % n for k in range(1, n) if int(self.labels[(index + k) % n]) != label]
+        )
         for j in candidates:
             path = self.root / self.paths[j]
             if str(path) in self.skipped:

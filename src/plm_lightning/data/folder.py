@@ -1,6 +1,7 @@
 """Users' own images: ``root/<class name>/**/<image>`` (nested folders, mixed formats), split class-disjointly:
 the first ``train_class_fraction`` of the sorted class names trains, or the explicit ``train_classes`` /
 ``test_classes`` lists."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def split_classes(classes: Sequence[str], fraction: float, train_classes: Sequence[str] = (),
-                  test_classes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+def split_classes(
+    classes: Sequence[str], fraction: float, train_classes: Sequence[str] = (), test_classes: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
     """(train, test) class names. Both lists empty: the first ``fraction`` of the sorted names trains (at least one
     class on each side). One list given: the other split gets all remaining classes. Both given: exactly those.
     ValueError (one line) for unknown names, a class in both lists, or an empty side."""
@@ -32,8 +34,10 @@ def split_classes(classes: Sequence[str], fraction: float, train_classes: Sequen
             raise ValueError(f"{key}: no class folder named {', '.join(map(repr, unknown))} (classes: {shown})")
     overlap = sorted(set(train_classes) & set(test_classes))
     if overlap:
-        raise ValueError(f"data.train_classes and data.test_classes share {', '.join(map(repr, overlap))}; "
-                         "the splits must be class-disjoint")
+        raise ValueError(
+            f"data.train_classes and data.test_classes share {', '.join(map(repr, overlap))}; "
+            "the splits must be class-disjoint"
+        )
     if not train_classes and not test_classes:
         if len(classes) < 2:
             raise ValueError(f"need at least 2 class folders for a class-disjoint split, found {len(classes)}")
@@ -60,15 +64,28 @@ class ImageFolderDataset(ImageFileDataset):
 
     @classmethod
     def from_config(cls, split, transform, data_cfg):
-        return cls(split, transform=transform, root=resolve_root(cls.name, data_cfg.root),
-                   train_class_fraction=data_cfg.train_class_fraction,
-                   train_classes=list(getattr(data_cfg, "train_classes", None) or ()),
-                   test_classes=list(getattr(data_cfg, "test_classes", None) or ()),
-                   skip_unreadable=bool(getattr(data_cfg, "skip_unreadable", False)))
+        return cls(
+            split,
+            transform=transform,
+            root=resolve_root(cls.name, data_cfg.root),
+            train_class_fraction=data_cfg.train_class_fraction,
+            train_classes=list(getattr(data_cfg, "train_classes", None) or ()),
+            test_classes=list(getattr(data_cfg, "test_classes", None) or ()),
+            skip_unreadable=bool(getattr(data_cfg, "skip_unreadable", False)),
+        )
 
-    def __init__(self, split: str, transform=None, root=None, train_class_fraction: float = 0.5, *,
-                 train_classes: Sequence[str] = (), test_classes: Sequence[str] = (), skip_unreadable: bool = False,
-                 check_counts: bool = True):
+    def __init__(
+        self,
+        split: str,
+        transform=None,
+        root=None,
+        train_class_fraction: float = 0.5,
+        *,
+        train_classes: Sequence[str] = (),
+        test_classes: Sequence[str] = (),
+        skip_unreadable: bool = False,
+        check_counts: bool = True,
+    ):
         self.train_class_fraction = train_class_fraction
         self.train_classes, self.test_classes = list(train_classes), list(test_classes)
         super().__init__(split, transform, root, check_counts=check_counts, skip_unreadable=skip_unreadable)
@@ -81,8 +98,9 @@ class ImageFolderDataset(ImageFileDataset):
     def read_split(self, root: Path, split: str) -> SplitListing:
         self.all_classes = class_folders(root)
         try:
-            train, test = split_classes(self.all_classes, self.train_class_fraction, self.train_classes,
-                                        self.test_classes)
+            train, test = split_classes(
+                self.all_classes, self.train_class_fraction, self.train_classes, self.test_classes
+            )
         except ValueError as exc:
             raise DatasetError(f"data.root {root}: {exc}") from None
         chosen = set(train if split == "train" else test)
@@ -93,6 +111,7 @@ class ImageFolderDataset(ImageFileDataset):
                 paths.extend(p.relative_to(root).as_posix() for p in files)
                 labels.extend([label] * len(files))
         if not paths:
-            raise DatasetError(f"data.root {root}: no images found for the {split} split "
-                               f"(classes {', '.join(sorted(chosen))})")
+            raise DatasetError(
+                f"data.root {root}: no images found for the {split} split (classes {', '.join(sorted(chosen))})"
+            )
         return SplitListing(paths, labels)

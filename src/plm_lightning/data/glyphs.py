@@ -27,6 +27,7 @@ a test checks that the two agree.
 Every image is a pure function of (``seed``, task, class position, image number): adding classes or images never
 changes the ones already there.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,19 +41,55 @@ import torch
 from plm_lightning.data.base import RetrievalDataset
 
 FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
 )
 MIN_FONTS = 8  # a class needs at least this many fonts: the within-class variation comes from them
 SOURCE_DEDUP = 0.85
 TARGET_DEDUP = 0.98
 # Source families: the first word of the characters' Unicode names (scripts and symbol families). Characters with
 # marks (diacritics, negation slashes) are never in the source.
-SOURCE_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "GEORGIAN", "DIGIT", "WHITE", "BLACK", "LEFTWARDS",
-                  "RIGHTWARDS", "UPWARDS", "DOWNWARDS", "LEFT", "RIGHT", "SQUARE", "CIRCLED", "DOUBLE-STRUCK", "NOT",
-                  "N-ARY", "LESS-THAN", "GREATER-THAN", "ROMAN", "VULGAR", "NORTH", "SOUTH")
+SOURCE_SCRIPTS = (
+    "LATIN",
+    "GREEK",
+    "CYRILLIC",
+    "ARMENIAN",
+    "GEORGIAN",
+    "DIGIT",
+    "WHITE",
+    "BLACK",
+    "LEFTWARDS",
+    "RIGHTWARDS",
+    "UPWARDS",
+    "DOWNWARDS",
+    "LEFT",
+    "RIGHT",
+    "SQUARE",
+    "CIRCLED",
+    "DOUBLE-STRUCK",
+    "NOT",
+    "N-ARY",
+    "LESS-THAN",
+    "GREATER-THAN",
+    "ROMAN",
+    "VULGAR",
+    "NORTH",
+    "SOUTH",
+)
 TARGET_CLASSES = 200  # drawn from the target candidates; half train, half test
 _LIST_SEED = 20240318  # the draw and the split of the target classes (fixed: part of the benchmark's design)
 IMAGE_SIZE = 32  # pixels; data.image_size resizes if a run asks for another size
@@ -76,12 +113,10 @@ SOURCE_CHARS = (
     "⬈⬉↘↙⇘⇙⇲⬊⬋"
 )
 TARGET_TRAIN_CHARS = (
-    "ÍÏÑÕÜáåïñāăćċČďĒĖėĜĠĪįĴĺĽŅņŌŐőŕŖŘŠŤťŭųƯǎǒǜǧǪǰǵǺȁȂȃȍȞȧȫḆḐḙḚḰḲ"
-    "ḳḴḷḹḻṈṋṏṑṓṖṚṝṤṫṭṯṶẉầẫẰẵẸỀỂỌỏốỒổỖỚỞỠỢợỬỮỷ"
+    "ÍÏÑÕÜáåïñāăćċČďĒĖėĜĠĪįĴĺĽŅņŌŐőŕŖŘŠŤťŭųƯǎǒǜǧǪǰǵǺȁȂȃȍȞȧȫḆḐḙḚḰḲḳḴḷḹḻṈṋṏṑṓṖṚṝṤṫṭṯṶẉầẫẰẵẸỀỂỌỏốỒổỖỚỞỠỢợỬỮỷ"
 )
 TARGET_TEST_CHARS = (
-    "ÀÂÉÊÌÔÙÛâéöĂĄĉčĎğģĩīĭİĶŇňōŏŚŜşţŨŪůŴŸžǐǖǙǞǟǨǭǹǻǽǾȄȉȎȐȕȚȦȬȱȲḈḉ"
-    "ḜḡḤḦḧḩḪḫḯḶḺḿṂṄṊṗṞṡṦṧṨṩṱṲṻẊẐạẢẨằặỘỜờủứửữỳ"
+    "ÀÂÉÊÌÔÙÛâéöĂĄĉčĎğģĩīĭİĶŇňōŏŚŜşţŨŪůŴŸžǐǖǙǞǟǨǭǹǻǽǾȄȉȎȐȕȚȦȬȱȲḈḉḜḡḤḦḧḩḪḫḯḶḺḿṂṄṊṗṞṡṦṧṨṩṱṲṻẊẐạẢẨằặỘỜờủứửữỳ"
 )
 
 
@@ -91,14 +126,14 @@ def font_dir() -> str:
     return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _coverage() -> dict[str, frozenset[int]]:
     from fontTools.ttLib import TTFont
 
     return {f: frozenset(TTFont(os.path.join(font_dir(), f)).getBestCmap()) for f in FONT_FILES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(name: str, size: int):
     from PIL import ImageFont
 
@@ -121,7 +156,7 @@ def render_glyph(char: str, rng: np.random.Generator, size: int = IMAGE_SIZE) ->
     font (uniform over the fonts that have the glyph), font size 40-51 px on the 96-px canvas (a capital with its
     mark fills about 60-85 % of the image), stroke width 0-1, rotation +-10 degrees, shear +-0.15, scale 0.85-1.1,
     shift +-3 px, and Gaussian pixel noise (std 12 on 0-255)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     fonts = fonts_for(char)
     font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(40, 52)))
@@ -133,8 +168,9 @@ def render_glyph(char: str, rng: np.random.Generator, size: int = IMAGE_SIZE) ->
     canvas = canvas.rotate(float(angle), resample=Image.BILINEAR, translate=(float(tx), float(ty)))
     # Inverse affine map (output -> input) of scaling by `scale` and shearing by `shear` about the centre.
     c, a, b = _CANVAS / 2, 1 / scale, float(shear)
-    canvas = canvas.transform((_CANVAS, _CANVAS), Image.AFFINE, (a, b, c - a * c - b * c, 0, a, c - a * c),
-                              resample=Image.BILINEAR)
+    canvas = canvas.transform(
+        (_CANVAS, _CANVAS), Image.AFFINE, (a, b, c - a * c - b * c, 0, a, c - a * c), resample=Image.BILINEAR
+    )
     q = (_CANVAS - _CROP) // 2
     image = canvas.crop((q, q, _CANVAS - q, _CANVAS - q)).resize((size, size), Image.LANCZOS)
     pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, 12.0, (size, size))
@@ -148,8 +184,14 @@ def _draw_centred(canvas, char: str, font, stroke: int = 0) -> None:
     draw = ImageDraw.Draw(canvas)
     left, top, right, bottom = draw.textbbox((0, 0), char, font=font, stroke_width=stroke)
     w, h = canvas.size
-    draw.text((w / 2 - (right - left) / 2 - left, h / 2 - (bottom - top) / 2 - top), char, fill=255, font=font,
-              stroke_width=stroke, stroke_fill=255)
+    draw.text(
+        (w / 2 - (right - left) / 2 - left, h / 2 - (bottom - top) / 2 - top),
+        char,
+        fill=255,
+        font=font,
+        stroke_width=stroke,
+        stroke_fill=255,
+    )
 
 
 def image_rng(seed: int, task: str, class_position: int, image_number: int) -> np.random.Generator:
@@ -157,8 +199,9 @@ def image_rng(seed: int, task: str, class_position: int, image_number: int) -> n
 
 
 @functools.lru_cache(maxsize=4)  # the train and test splits of one run, and the DDP/loader copies in a process
-def render_split(chars: str, task: str, first_position: int, image_numbers: tuple[int, ...], seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def render_split(
+    chars: str, task: str, first_position: int, image_numbers: tuple[int, ...], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images N x 1 x S x S, labels N) for every char of ``chars`` and every image number; labels are the
     chars' positions in their task's list (first_position + i), so train and test labels never collide."""
     images, labels = [], []
@@ -166,8 +209,11 @@ def render_split(chars: str, task: str, first_position: int, image_numbers: tupl
         for n in image_numbers:
             images.append(render_glyph(char, image_rng(seed, task, first_position + i, n)))
             labels.append(first_position + i)
-    stacked = torch.from_numpy(np.stack(images)).unsqueeze(1) if images else torch.empty(0, 1, IMAGE_SIZE,
-                                                                                         IMAGE_SIZE, dtype=torch.uint8)
+    stacked = (
+        torch.from_numpy(np.stack(images)).unsqueeze(1)
+        if images
+        else torch.empty(0, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    )
     return stacked, torch.tensor(labels, dtype=torch.long)
 
 
@@ -259,8 +305,9 @@ def split_spec(cfg, split: str) -> tuple[str, str, int, tuple[int, ...]]:
     """(chars, task, first label, image numbers) of one split under the ``data.glyphs`` config."""
     if cfg.task == "source":
         chars = SOURCE_CHARS[: cfg.source_classes]
-        numbers = (range(cfg.source_images_per_class) if split == "train"
-                   else range(_HELD_OUT, _HELD_OUT + SOURCE_TEST_IMAGES))
+        numbers = (
+            range(cfg.source_images_per_class) if split == "train" else range(_HELD_OUT, _HELD_OUT + SOURCE_TEST_IMAGES)
+        )
         return chars, "source", 0, tuple(numbers)
     if split == "train":
         return TARGET_TRAIN_CHARS[: cfg.classes], "target", 0, tuple(range(cfg.images_per_class))
@@ -269,6 +316,7 @@ def split_spec(cfg, split: str) -> tuple[str, str, int, tuple[int, ...]]:
 
 def validate_glyphs_config(cfg) -> None:
     """Raise ValueError naming the ``data.glyphs.*`` key of the first bad value."""
+
     def bad(key, value, expectation):
         return ValueError(f"invalid value for config key 'data.glyphs.{key}': {value!r} ({expectation})")
 
@@ -292,7 +340,7 @@ class GlyphsDataset(RetrievalDataset):
     augmentation = "digits"  # small affine jitter, no flip (a mirrored glyph is another character)
 
     @classmethod
-    def from_config(cls, split, transform, data_cfg) -> "GlyphsDataset":
+    def from_config(cls, split, transform, data_cfg) -> GlyphsDataset:
         return cls(split, transform=transform, config=data_cfg.glyphs)
 
     def __init__(self, split: str, transform=None, *, config):
@@ -304,4 +352,3 @@ class GlyphsDataset(RetrievalDataset):
 
     def load(self, index: int) -> torch.Tensor:
         return self.images[index]
-

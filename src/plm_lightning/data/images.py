@@ -1,5 +1,6 @@
 """Robust image files: decoding any file PIL can read into an RGB image, a clear error naming the path of one it
 cannot, and listing the image files of a folder tree (macOS ``._*`` and hidden entries ignored)."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 
 # A truncated JPEG must fail, not decode with a grey bottom half: PIL hides the damage when this global flag is on.
 # If some other library has set it, loading refuses to run rather than silently unset it behind that library's back.
-_TRUNCATION_HINT = ("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images would go "
-                    "unnoticed; set it back to False")
+_TRUNCATION_HINT = (
+    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images would go "
+    "unnoticed; set it back to False"
+)
 
 
 class UnreadableImageError(OSError):

@@ -1,5 +1,6 @@
 """In-Shop Clothes Retrieval (DeepFashion): train on the 3,997 items marked train; the test split is the query and
 gallery images of the other 3,985 items, evaluated query -> gallery (docs/protocols.md)."""
+
 from __future__ import annotations
 
 import re
@@ -33,14 +34,15 @@ class InShopDataset(ImageFileDataset):
     name = "inshop"
     title = "In-Shop Clothes"
     metadata_files = (PARTITION,)
-    official = {"train": SplitCounts(25882, 3997),
-                "test": SplitCounts(26830, 3985, query=14218, gallery=12612)}
+    official = {"train": SplitCounts(25882, 3997), "test": SplitCounts(26830, 3985, query=14218, gallery=12612)}
     loose_files = {"list_eval_partition.txt": PARTITION}
     # DeepFashion is distributed through Google Drive folders behind an agreement form: no scripted download.
-    manual_steps = ("In-Shop is distributed through Google Drive (DeepFashion, In-shop Clothes Retrieval Benchmark: "
-                    "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html, linked after its "
-                    "agreement). Download Img/img.zip and Eval/list_eval_partition.txt, then run: plm-data prepare "
-                    "inshop --root ROOT --from img.zip --from list_eval_partition.txt.")
+    manual_steps = (
+        "In-Shop is distributed through Google Drive (DeepFashion, In-shop Clothes Retrieval Benchmark: "
+        "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html, linked after its "
+        "agreement). Download Img/img.zip and Eval/list_eval_partition.txt, then run: plm-data prepare "
+        "inshop --root ROOT --from img.zip --from list_eval_partition.txt."
+    )
     layout = """ROOT/
   Eval/list_eval_partition.txt   2 header lines (count; 'image_name item_id evaluation_status'), then rows
                                  img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train|query|gallery

@@ -1,4 +1,5 @@
 """Where a dataset's files live: ``data.root``, or ``$PLM_DATA/<dataset name>`` when that is null."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,8 @@ def resolve_root(name: str, root: Optional[str | os.PathLike]) -> Path:
         return Path(root).expanduser()
     base = os.environ.get(DATA_ENV)
     if not base:
-        raise RootUnsetError(f"data.root is null and ${DATA_ENV} is not set; set data.root=DIR, or export "
-                             f"{DATA_ENV}=DIR to keep datasets in DIR/<name> (here {DATA_ENV}/{name})")
+        raise RootUnsetError(
+            f"data.root is null and ${DATA_ENV} is not set; set data.root=DIR, or export "
+            f"{DATA_ENV}=DIR to keep datasets in DIR/<name> (here {DATA_ENV}/{name})"
+        )
     return Path(base).expanduser() / name

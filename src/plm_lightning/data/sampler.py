@@ -5,6 +5,7 @@ neighbours in the teacher's embedding space. The neighbour table is refreshed fr
 every N epochs); the batch order is a pure function of (seed, epoch), so a resumed run sees the same batches, and
 under DDP rank r takes every world_size-th batch of the same global order (disjoint batches per rank).
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional
@@ -14,8 +15,16 @@ from torch.utils.data import Sampler
 
 
 class NearestNeighbourBatchSampler(Sampler[list[int]]):
-    def __init__(self, num_items: int, batch_size: int, neighbours_per_seed: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        neighbours_per_seed: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size % neighbours_per_seed != 0:
             raise ValueError(f"batch_size {batch_size} is not divisible by neighbours_per_seed {neighbours_per_seed}")
         self.num_items = num_items
@@ -30,14 +39,18 @@ class NearestNeighbourBatchSampler(Sampler[list[int]]):
         # An epoch shows about as many images as the split holds: N // B batches in all, split across ranks.
         self.global_batches = num_items // batch_size
         if self.global_batches < world_size:
-            raise ValueError(f"{num_items} training images make {self.global_batches} batches of {batch_size}, "
-                             f"fewer than the {world_size} processes")
+            raise ValueError(
+                f"{num_items} training images make {self.global_batches} batches of {batch_size}, "
+                f"fewer than the {world_size} processes"
+            )
 
     def set_neighbours(self, neighbours: torch.Tensor) -> None:
         """neighbours: N x (>= k) table of dataset indices, each row starting with the point itself."""
         if neighbours.shape[0] != self.num_items or neighbours.shape[1] < self.neighbours_per_seed:
-            raise ValueError(f"neighbour table of shape {tuple(neighbours.shape)} does not fit "
-                             f"{self.num_items} items x {self.neighbours_per_seed} neighbours")
+            raise ValueError(
+                f"neighbour table of shape {tuple(neighbours.shape)} does not fit "
+                f"{self.num_items} items x {self.neighbours_per_seed} neighbours"
+            )
         self.neighbours = neighbours[:, : self.neighbours_per_seed].cpu().long()
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,8 +85,10 @@ class RandomBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.global_batches = num_items // batch_size
         if self.global_batches < world_size:
-            raise ValueError(f"{num_items} training images make {self.global_batches} batches of {batch_size}, "
-                             f"fewer than the {world_size} processes")
+            raise ValueError(
+                f"{num_items} training images make {self.global_batches} batches of {batch_size}, "
+                f"fewer than the {world_size} processes"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,5 +1,6 @@
 """Stanford Online Products: 120,053 images of 22,634 products; train on classes 1-11,318 (Ebay_train.txt), test
 on 11,319-22,634 (Ebay_test.txt) (docs/protocols.md)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,11 +20,13 @@ class SOPDataset(ImageFileDataset):
     official = {"train": SplitCounts(59551, 11318), "test": SplitCounts(60502, 11316)}
     # The published download (ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip) has no checksum on
     # record here and FTP is unreliable: prepare from a local copy of the archive.
-    manual_steps = ("Download Stanford_Online_Products.zip (2.9 GB) from the project page "
-                    "(https://cvgl.stanford.edu/projects/lifted_struct/, archive ftp://cs.stanford.edu/cs/cvgl/"
-                    "Stanford_Online_Products.zip) or a mirror you trust, then run: plm-data prepare sop --root ROOT "
-                    "--from Stanford_Online_Products.zip (or unzip it yourself so that ROOT is the "
-                    "Stanford_Online_Products folder).")
+    manual_steps = (
+        "Download Stanford_Online_Products.zip (2.9 GB) from the project page "
+        "(https://cvgl.stanford.edu/projects/lifted_struct/, archive ftp://cs.stanford.edu/cs/cvgl/"
+        "Stanford_Online_Products.zip) or a mirror you trust, then run: plm-data prepare sop --root ROOT "
+        "--from Stanford_Online_Products.zip (or unzip it yourself so that ROOT is the "
+        "Stanford_Online_Products folder)."
+    )
     layout = """ROOT/                        (the Stanford_Online_Products folder of the archive)
   Ebay_train.txt             header 'image_id class_id super_class_id path', 59,551 rows
   Ebay_test.txt              same columns, 60,502 rows

@@ -1,8 +1,9 @@
 """Synthetic classes on curved low-dimensional manifolds with known geometry (``data.name=synthetic``).
 
-For the first of the method studies (docs/method.md) ("similarity accuracy on synthetic manifolds with known geometry, as curvature
-grows"): every class is an r-dimensional surface in R^D whose curvature is one knob, so the quality of the
-estimated similarity can be read against the true geometry. No download, no images: items are float32 vectors.
+For the first of the method studies (docs/method.md) ("similarity accuracy on synthetic manifolds with known
+geometry, as curvature grows"): every class is an r-dimensional surface in R^D whose curvature is one knob, so
+the quality of the estimated similarity can be read against the true geometry. No download, no images: items are
+float32 vectors.
 
 Notation (the keys of ``data.synthetic``): C = num_classes, n = points_per_class, r = intrinsic_dim,
 D = ambient_dim, kappa = curvature, sigma = noise, s = separation. Point i of class k is::
@@ -22,11 +23,11 @@ kappa * ||u||^2). phi takes its values along b_k, orthogonal to the tangent dire
 
 Why one shared (r+1)-dimensional subspace: class surfaces with independent random frames in R^D hardly ever come
 near each other (two random affine 2-planes in R^32 generically do not meet at all): raw-feature 1-NN Recall@1
-measured 100% for every centre scale tried, so the benchmark would say nothing. Within a common (r+1)-space the classes cut through each other
-along (r-1)-dimensional sets, like real classes that share their modes of variation; the other D - r - 1
-dimensions hold only noise. At the defaults (C=20, n=100, r=2, D=32, kappa=1, sigma=0.01, s=1, seed=0)
-raw-feature 1-NN Recall@1 on the test split (retrieval.evaluate_embeddings) is 76.8% with Euclidean distance and
-43.6% with cosine (normalize=True; the classes sit near the origin), against 9.9% by chance (99 of 999 others
+measured 100% for every centre scale tried, so the benchmark would say nothing. Within a common (r+1)-space the
+classes cut through each other along (r-1)-dimensional sets, like real classes that share their modes of variation;
+the other D - r - 1 dimensions hold only noise. At the defaults (C=20, n=100, r=2, D=32, kappa=1, sigma=0.01, s=1,
+seed=0) raw-feature 1-NN Recall@1 on the test split (retrieval.evaluate_embeddings) is 76.8% with Euclidean distance
+and 43.6% with cosine (normalize=True; the classes sit near the origin), against 9.9% by chance (99 of 999 others
 share the class). It falls as curvature grows (Euclidean, seed 0): 80.8% at curvature 0, 69.7% at 2, 64.1% at 4.
 
 Classes 0 .. C//2 - 1 form the train split, the rest the test split; labels keep their global class ids. The data
@@ -35,6 +36,7 @@ order, Q, all R_k, all g_k, all u and all eps for every class, and each split th
 curvature, noise or separation alone therefore keeps every other random draw (the same world, bent or blurred
 more).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +45,16 @@ import torch
 
 from plm_lightning.data.base import RetrievalDataset
 
-SYNTHETIC_KEYS = ("num_classes", "points_per_class", "intrinsic_dim", "ambient_dim", "curvature", "noise",
-                  "separation", "seed")
+SYNTHETIC_KEYS = (
+    "num_classes",
+    "points_per_class",
+    "intrinsic_dim",
+    "ambient_dim",
+    "curvature",
+    "noise",
+    "separation",
+    "seed",
+)
 
 
 def _invalid(key: str, value, expectation: str) -> ValueError:
@@ -64,9 +74,12 @@ def validate_synthetic_config(cfg) -> None:
     if cfg.intrinsic_dim < 1:
         raise _invalid("intrinsic_dim", cfg.intrinsic_dim, "must be at least 1")
     if cfg.ambient_dim <= cfg.intrinsic_dim:
-        raise _invalid("ambient_dim", cfg.ambient_dim,
-                       f"must be larger than data.synthetic.intrinsic_dim={cfg.intrinsic_dim}: each class needs "
-                       f"intrinsic_dim tangent directions and one normal direction to bend into")
+        raise _invalid(
+            "ambient_dim",
+            cfg.ambient_dim,
+            f"must be larger than data.synthetic.intrinsic_dim={cfg.intrinsic_dim}: each class needs "
+            f"intrinsic_dim tangent directions and one normal direction to bend into",
+        )
     for key in ("curvature", "noise", "separation"):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -94,8 +107,12 @@ def generate_synthetic_manifolds(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     tangent, normal = frames[..., :r], frames[..., r]  # C x D x r, C x D
     centres = centres_latent @ shared.T  # C x D
     phi = u.pow(2).sum(-1) - r / 3.0  # C x n, mean zero
-    points = (centres[:, None, :] + torch.einsum("kdr,knr->knd", tangent, u)
-              + kappa * phi[..., None] * normal[:, None, :] + sigma * eps)
+    points = (
+        centres[:, None, :]
+        + torch.einsum("kdr,knr->knd", tangent, u)
+        + kappa * phi[..., None] * normal[:, None, :]
+        + sigma * eps
+    )
     labels = torch.arange(c).repeat_interleave(n)
     return points.reshape(c * n, d).to(torch.float32), labels
 
@@ -113,7 +130,7 @@ class SyntheticManifoldsDataset(RetrievalDataset):
         return int(data_cfg.synthetic.ambient_dim)
 
     @classmethod
-    def from_config(cls, split, transform, data_cfg) -> "SyntheticManifoldsDataset":
+    def from_config(cls, split, transform, data_cfg) -> SyntheticManifoldsDataset:
         return cls(split, transform=transform, config=data_cfg.synthetic)
 
     def __init__(self, split: str, transform=None, *, config):

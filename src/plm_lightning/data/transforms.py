@@ -1,4 +1,5 @@
 """Train and eval transforms per dataset family and backbone (docs/protocols.md)."""
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,13 @@ class BatchRandomAffine(torch.nn.Module):
     normalisation (per channel): what the image is padded with. Random numbers come from torch's global generator
     on the batch's device, which checkpoints save and restore (exact resume)."""
 
-    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
-                 fill: tuple[float, ...] = (0.0,)):
+    def __init__(
+        self,
+        degrees: float = 10.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.9, 1.1),
+        fill: tuple[float, ...] = (0.0,),
+    ):
         super().__init__()
         self.degrees, self.translate, self.scale = float(degrees), float(translate), tuple(scale)
         self.fill = tuple(float(f) for f in fill)
@@ -106,8 +112,12 @@ class BatchRandomAffine(torch.nn.Module):
         theta = self.matrices(flat.shape[0], flat.device).to(flat.dtype)
         grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
         fill = torch.tensor(self.fill, dtype=flat.dtype, device=flat.device).view(1, -1, 1, 1)
-        out = torch.nn.functional.grid_sample(flat - fill, grid, mode="bilinear", padding_mode="zeros",
-                                              align_corners=False) + fill
+        out = (
+            torch.nn.functional.grid_sample(
+                flat - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+            + fill
+        )
         return out.reshape(shape)
 
     def extra_repr(self) -> str:
@@ -127,8 +137,9 @@ def affine_sampling_matrices(angle: torch.Tensor, scale: torch.Tensor, shift: to
     return torch.stack([row0, row1], dim=1)
 
 
-def batch_augmentation(*, augmentation: str, augment: bool, eval_transform: Callable[[Any], torch.Tensor],
-                       in_channels: int) -> Optional[BatchRandomAffine]:
+def batch_augmentation(
+    *, augmentation: str, augment: bool, eval_transform: Callable[[Any], torch.Tensor], in_channels: int
+) -> Optional[BatchRandomAffine]:
     """The batch-level training augmentation of a dataset family, or None (natural photographs and vectors are
     augmented image by image in the loader). ``eval_transform`` gives the fill: the normalised value of black."""
     if augmentation != "digits" or not augment:
@@ -137,8 +148,17 @@ def batch_augmentation(*, augmentation: str, augment: bool, eval_transform: Call
     return BatchRandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1), fill=tuple(black[:, 0, 0].tolist()))
 
 
-def build_transform(*, augmentation: str, train: bool, augment: bool, image_size: int, resize: int,
-                    in_channels: int, out_channels: int, input_space: str = "any") -> Callable[[Any], torch.Tensor]:
+def build_transform(
+    *,
+    augmentation: str,
+    train: bool,
+    augment: bool,
+    image_size: int,
+    resize: int,
+    in_channels: int,
+    out_channels: int,
+    input_space: str = "any",
+) -> Callable[[Any], torch.Tensor]:
     """augmentation: the dataset family ("natural" photographs, "digits", or "vector" features).
     in_channels: what the dataset yields (1 or 3); out_channels: what the backbone takes (1 or 3).
     input_space: the backbone's (BackboneSpec.input_space): "imagenet_rgb" (torchvision weights: ImageNet

@@ -8,14 +8,23 @@ like ``PLMSimilarity``, so one training code path serves all of them:
 - ``kmeans``: same-cluster pseudo-labels from k-means on the batch.
 - ``Binarized``: wraps any estimator, s -> 1[s >= threshold] (the paper's "binary similarity" ablation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
 from plm_lightning.manifold.similarity import SimilarityResult
+
+
+class SimilarityEstimator(Protocol):
+    """What the loss calls: a batch of teacher embeddings (and optionally the proxies) -> similarities."""
+
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult: ...
 
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -28,7 +37,9 @@ class GaussianSimilarity:
     sigma: float = 3.0
 
     @torch.no_grad()
-    def __call__(self, x, proxy_points=None, proxy_bases=None) -> SimilarityResult:
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult:
         s = torch.exp(-_sq_dists(x, x) / self.sigma)
         s.fill_diagonal_(1.0)
         s_proxy = None if proxy_points is None else torch.exp(-_sq_dists(x, proxy_points) / self.sigma).to(x.dtype)
@@ -40,7 +51,9 @@ class KNNSimilarity:
     k: int = 5
 
     @torch.no_grad()
-    def __call__(self, x, proxy_points=None, proxy_bases=None) -> SimilarityResult:
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult:
         b = x.shape[0]
         d2 = _sq_dists(x, x)
         d2.fill_diagonal_(float("inf"))
@@ -65,12 +78,12 @@ def kmeans(x: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 
     n = x.shape[0]
     c = min(clusters, n)
     generator = torch.Generator().manual_seed(seed)
-    centroids = [x[torch.randint(n, (1,), generator=generator).item()]]
+    seeds = [x[int(torch.randint(n, (1,), generator=generator).item())]]
     for _ in range(1, c):
-        d2 = _sq_dists(x, torch.stack(centroids)).min(1).values
+        d2 = _sq_dists(x, torch.stack(seeds)).min(1).values
         probs = d2 / d2.sum() if d2.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
-        centroids.append(x[torch.multinomial(probs.cpu(), 1, generator=generator).item()])
-    centroids = torch.stack(centroids)
+        seeds.append(x[int(torch.multinomial(probs.cpu(), 1, generator=generator).item())])
+    centroids = torch.stack(seeds)
     assign = _sq_dists(x, centroids).argmin(1)
     for _ in range(iterations):
         for j in range(c):  # a loop over clusters (few), not over points
@@ -90,7 +103,9 @@ class KMeansSimilarity:
     seed: int = 0
 
     @torch.no_grad()
-    def __call__(self, x, proxy_points=None, proxy_bases=None) -> SimilarityResult:
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult:
         assign, centroids = kmeans(x, self.clusters, seed=self.seed)
         s = (assign[:, None] == assign[None, :]).to(x.dtype)
         s_proxy = None
@@ -104,11 +119,13 @@ class KMeansSimilarity:
 class Binarized:
     """The "binary similarity" ablation: s -> 1[s >= threshold], the diagonal stays 1."""
 
-    estimator: object
+    estimator: SimilarityEstimator
     threshold: float = 0.5
 
     @torch.no_grad()
-    def __call__(self, x, proxy_points=None, proxy_bases=None) -> SimilarityResult:
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult:
         result = self.estimator(x, proxy_points, proxy_bases)
         s = (result.s >= self.threshold).to(result.s.dtype)
         s.fill_diagonal_(1.0)
@@ -119,17 +136,39 @@ class Binarized:
 ESTIMATORS = ("plm", "gaussian", "knn", "kmeans")
 
 
-def build_estimator(name: str, *, n_alpha: float = 4.0, n_beta: float = 1.0, piece_dim: int = 2,
-                    max_candidates: int = 10, tau: float = 0.5, subset_selection: bool = True,
-                    gaussian_sigma: float = 3.0, knn_k: int = 5, kmeans_clusters: int = 24, seed: int = 0,
-                    binary_threshold: Optional[float] = None, symmetrize: str = "mean", greedy_test: str = "refit",
-                    distance_scale: str = "absolute"):
+def build_estimator(
+    name: str,
+    *,
+    n_alpha: float = 4.0,
+    n_beta: float = 1.0,
+    piece_dim: int = 2,
+    max_candidates: int = 10,
+    tau: float = 0.5,
+    subset_selection: bool = True,
+    gaussian_sigma: float = 3.0,
+    knn_k: int = 5,
+    kmeans_clusters: int = 24,
+    seed: int = 0,
+    binary_threshold: Optional[float] = None,
+    symmetrize: str = "mean",
+    greedy_test: str = "refit",
+    distance_scale: str = "absolute",
+) -> SimilarityEstimator:
     from plm_lightning.manifold.similarity import PLMSimilarity
 
+    est: SimilarityEstimator
     if name == "plm":
-        est = PLMSimilarity(n_alpha=n_alpha, n_beta=n_beta, piece_dim=piece_dim, max_candidates=max_candidates,
-                            tau=tau, subset_selection=subset_selection, symmetrize=symmetrize,
-                            greedy_test=greedy_test, distance_scale=distance_scale)
+        est = PLMSimilarity(
+            n_alpha=n_alpha,
+            n_beta=n_beta,
+            piece_dim=piece_dim,
+            max_candidates=max_candidates,
+            tau=tau,
+            subset_selection=subset_selection,
+            symmetrize=symmetrize,
+            greedy_test=greedy_test,
+            distance_scale=distance_scale,
+        )
     elif name == "gaussian":
         est = GaussianSimilarity(gaussian_sigma)
     elif name == "knn":

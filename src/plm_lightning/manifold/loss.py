@@ -1,11 +1,12 @@
 """The PLM loss: student distances regressed onto scaled dissimilarities (docs/method.md, "Loss").
 
-    L = L_point + lambda_proxy * L_proxy + lambda_nbhd * L_nbhd
-    L_point = mean_{i != j} (delta (1 - s(i, j)) - ||z_i - z_j||)^2           (no gradient through s)
-    L_proxy = mean_{i, k} (delta (1 - s(i, k)) - ||z_i - rho_k||)^2           (rho detached: moves the network;
-              k over all proxies, or over the proxy_neighbours most similar to i: proxy_pairs=nearest)
-    L_nbhd  = mean_k mean_{q most similar i} ||(I - V_k V_k^T)(x_i - rho_k)||^2  (x detached: moves the proxies)
+L = L_point + lambda_proxy * L_proxy + lambda_nbhd * L_nbhd
+L_point = mean_{i != j} (delta (1 - s(i, j)) - ||z_i - z_j||)^2           (no gradient through s)
+L_proxy = mean_{i, k} (delta (1 - s(i, k)) - ||z_i - rho_k||)^2           (rho detached: moves the network;
+          k over all proxies, or over the proxy_neighbours most similar to i: proxy_pairs=nearest)
+L_nbhd  = mean_k mean_{q most similar i} ||(I - V_k V_k^T)(x_i - rho_k)||^2  (x detached: moves the proxies)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ def point_loss(z: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Te
     return residual[off_diag].pow(2).mean()
 
 
-def proxy_loss(z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, delta: float = 1.0,
-               nearest: int | None = None) -> torch.Tensor:
+def proxy_loss(
+    z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, delta: float = 1.0, nearest: int | None = None
+) -> torch.Tensor:
     """Mean over pairs (i, k) of (delta (1 - s(i, k)) - ||z_i - rho_k||)^2: over all K proxies (nearest=None, the
     proxies "treated like data embeddings"), or over each point's ``nearest`` most similar proxies by s (ties: the
     lower proxy index), the part of the proxy manifold around the point [ours]."""
@@ -52,8 +54,9 @@ def proxy_loss(z: torch.Tensor, proxy_points: torch.Tensor, s: torch.Tensor, del
     return residual.gather(1, chosen).pow(2).mean()
 
 
-def neighbourhood_loss(x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Tensor, proxy_bases: torch.Tensor,
-                       num_neighbours: int) -> torch.Tensor:
+def neighbourhood_loss(
+    x: torch.Tensor, s: torch.Tensor, proxy_points: torch.Tensor, proxy_bases: torch.Tensor, num_neighbours: int
+) -> torch.Tensor:
     """Squared residual of each proxy's q most similar (detached) batch points from its affine piece."""
     q = min(num_neighbours, x.shape[0])
     # K x q, the most similar batch points of each proxy (ties: lower batch index first, deterministic)
@@ -77,7 +80,9 @@ class PLMLoss:
     normalize_student: bool = True
     normalize_teacher: bool = True
 
-    def __call__(self, z: torch.Tensor, x: torch.Tensor, proxies: ProxyManifold | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, z: torch.Tensor, x: torch.Tensor, proxies: ProxyManifold | None = None
+    ) -> dict[str, torch.Tensor]:
         """z: student embeddings (B x d, with grad); x: teacher embeddings (B x d, no grad).
         Returns a dict with "loss" (the total) and the individual terms plus diagnostics, all scalars except "s"."""
         z = z.float()
@@ -86,15 +91,15 @@ class PLMLoss:
             z = F.normalize(z, dim=1)
         if self.normalize_teacher:
             x = F.normalize(x, dim=1)
-        has_proxies = proxies is not None and len(proxies) > 0
-        # The loss runs in float32 whatever the parameters' precision (bf16-true / 16-true runs).
-        points = proxies.points.float() if has_proxies else None
-        bases = proxies.bases().float() if has_proxies else None
-        sim = self.similarity(x, points.detach() if has_proxies else None,
-                              bases.detach() if has_proxies else None)
+        points: torch.Tensor | None = None
+        bases: torch.Tensor | None = None
+        if proxies is not None and len(proxies) > 0:
+            # The loss runs in float32 whatever the parameters' precision (bf16-true / 16-true runs).
+            points, bases = proxies.points.float(), proxies.bases().float()
+        sim = self.similarity(x, None if points is None else points.detach(), None if bases is None else bases.detach())
         out = {"loss_point": point_loss(z, sim.s, self.delta), "s": sim.s}
         total = out["loss_point"]
-        if has_proxies:
+        if points is not None and bases is not None and sim.s_proxy is not None:
             nearest = self.proxy_neighbours if self.proxy_pairs == "nearest" else None
             out["loss_proxy"] = proxy_loss(z, points, sim.s_proxy, self.delta, nearest)
             out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, points, bases, self.proxy_neighbours)

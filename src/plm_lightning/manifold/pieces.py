@@ -1,4 +1,5 @@
-"""Linear pieces: one affine subspace per batch point, grown greedily and fitted by PCA (docs/method.md, "Linear pieces").
+"""Linear pieces: one affine subspace per batch point, grown greedily and fitted by PCA (docs/method.md, "Linear
+pieces").
 
 For point x_j the piece is the affine subspace through x_j spanned by the top-m principal directions U_j of the
 offsets {x_l - x_j : l in N_j}. N_j starts with the nearest neighbour; each further candidate (in order of
@@ -11,6 +12,7 @@ point), so its cost does not depend on the embedding dimension d; the final piec
 orthonormal bases. Computations run in float64: eigenvalues of nearly collinear offsets are tiny and float32 would
 make acceptance decisions depend on round-off.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +40,8 @@ class Pieces:
     @property
     def dims(self) -> torch.Tensor:
         """Effective dimension of each piece (number of non-zero basis columns)."""
-        return (self.bases.norm(dim=1) > 0.5).sum(dim=1)
+        dims: torch.Tensor = (self.bases.norm(dim=1) > 0.5).sum(dim=1)
+        return dims
 
 
 def _top_directions(gram: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +102,11 @@ def fit_pieces(
     xd = x.detach().to(torch.float64)
     m_cap = max(0, min(max_candidates, b - 1))
     if m_cap == 0 or piece_dim == 0:
-        return Pieces(anchors=xd, bases=xd.new_zeros(b, d, piece_dim),
-                      members=torch.zeros(b, b, dtype=torch.bool, device=x.device))
+        return Pieces(
+            anchors=xd,
+            bases=xd.new_zeros(b, d, piece_dim),
+            members=torch.zeros(b, b, dtype=torch.bool, device=x.device),
+        )
 
     # Candidates: the other batch points by distance (ties by index), self excluded by index.
     gram_all = xd @ xd.T
@@ -126,9 +132,9 @@ def fit_pieces(
             mask = fitted.to(gram.dtype)
             evals, evecs = _top_directions(gram * mask[:, :, None] * mask[:, None, :], piece_dim)
             coef = _coefficients((gram[:, :, t] * mask).unsqueeze(-1), evals, evecs).squeeze(-2)  # B x m
-            residual2 = (norms2[:, t] - (coef ** 2).sum(-1)).clamp_min(0)
+            residual2 = (norms2[:, t] - (coef**2).sum(-1)).clamp_min(0)
             # ||r|| <= tau ||x_c - x_j||, written without division so a duplicate (zero offset) is accepted.
-            accepted[:, t] = residual2 <= (tau ** 2) * norms2[:, t]
+            accepted[:, t] = residual2 <= (tau**2) * norms2[:, t]
     else:
         accepted[:] = True
 
@@ -137,10 +143,10 @@ def fit_pieces(
     inv_sqrt = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
     # U = O^T V diag(l)^(-1/2), with masked-out offsets zeroed.
     bases = torch.einsum("bMd,bMm->bdm", offsets * mask[:, :, None], evecs) * inv_sqrt[:, None, :]
-    # A weak (small-eigenvalue) direction built through the Gram matrix is orthonormal only to ~1e-9; one QR pass
-    # restores it to machine precision. Valid directions are a prefix (eigenvalues descending), so QR keeps their
-    # span; columns of absent directions are zeroed again.
-    # At most d directions exist: QR the first min(m, d) columns, the rest stay zero.
+    # A weak (small-eigenvalue) direction built through the Gram matrix is orthonormal only to ~1e-9; one
+    # orthonormalisation pass (orthonormal_basis) restores it to machine precision. Valid directions are a prefix
+    # (eigenvalues descending), so it keeps their span; columns of absent directions are zeroed again.
+    # At most d directions exist: orthonormalise the first min(m, d) columns, the rest stay zero.
     mq = min(piece_dim, d)
     present = (evals[:, :mq] > 0).to(bases.dtype)[:, None, :]
     q = orthonormal_basis(bases[:, :, :mq] + (1 - present) * _unit_columns(d, mq, bases)) * present
@@ -154,7 +160,7 @@ def fit_pieces(
 
 
 def _unit_columns(d: int, m: int, like: torch.Tensor) -> torch.Tensor:
-    """Placeholder columns for absent directions so QR stays well defined (they are zeroed after)."""
+    """Placeholder columns for absent directions so the orthonormalisation stays well defined (zeroed after)."""
     eye = torch.zeros(d, m, dtype=like.dtype, device=like.device)
     eye[torch.arange(min(d, m)), torch.arange(min(d, m))] = 1
     return eye.unsqueeze(0)
@@ -167,8 +173,7 @@ def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:
 
     Gram-Schmidt with one re-orthogonalisation pass ("twice is enough": orthonormal to machine precision) rather
     than torch.linalg.qr: for a batch of tall d x m matrices with small m it is a few batched matrix products,
-    where CUDA's batched QR launches several kernels per matrix (9.7 ms for 120 x 512 x 2 on an H100, about a third
-    of a GoogLeNet training step; benchmarks/profile_similarity.py).
+    where CUDA's batched QR launches several kernels per matrix (timings: docs/benchmarks.md).
     """
     # No half-precision kernels needed, but rounding in bf16 would lose orthonormality: work in float32 at least.
     work = raw.float() if raw.dtype in (torch.float16, torch.bfloat16) else raw
@@ -178,20 +183,21 @@ def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(work.dtype).tiny
     columns: list[torch.Tensor] = []
     for i in range(m):
-        v = work[..., i:i + 1]  # ... x d x 1
+        v = work[..., i : i + 1]  # ... x d x 1
         if columns:
             q = torch.cat(columns, dim=-1)  # ... x d x i
             for _ in range(2):
                 v = v - q @ (q.transpose(-2, -1) @ v)
         norm = v.norm(dim=-2, keepdim=True)
         # Where the column is (numerically) dependent, return zero instead of dividing by zero (no NaN gradients).
-        safe = norm > tiny ** 0.5
+        safe = norm > tiny**0.5
         columns.append(torch.where(safe, v / torch.where(safe, norm, torch.ones_like(norm)), torch.zeros_like(v)))
     return torch.cat(columns, dim=-1).to(raw.dtype)
 
 
-def local_pca_basis(x: torch.Tensor, neighbours: torch.Tensor, piece_dim: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def local_pca_basis(
+    x: torch.Tensor, neighbours: torch.Tensor, piece_dim: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Top-m principal directions of the offsets of each anchor's neighbours (used to initialise proxy pieces).
 
     x: N x d points; neighbours: A x K indices whose first column is the anchor itself.
@@ -208,9 +214,9 @@ def local_pca_basis(x: torch.Tensor, neighbours: torch.Tensor, piece_dim: int,
     _, s, vh = torch.linalg.svd(offsets, full_matrices=False)
     k = min(m, vh.shape[1])
     top = vh[:, :k, :].transpose(1, 2)  # A x d x k
-    valid = s[:, :k] > _RANK_EPS ** 0.5 * s[:, :1].clamp_min(1e-300)
-    # Absent directions (a suffix, since s is descending) are replaced by random ones; QR then keeps the valid
-    # principal directions as the leading columns and orthonormalises the completion against them.
+    valid = s[:, :k] > _RANK_EPS**0.5 * s[:, :1].clamp_min(1e-300)
+    # Absent directions (a suffix, since s is descending) are replaced by random ones; Gram-Schmidt then keeps the
+    # valid principal directions as the leading columns and orthonormalises the completion against them.
     filled = torch.cat([torch.where(valid[:, None, :], top, random[:, :, :k]), random[:, :, k:]], dim=2)
     q = orthonormal_basis(filled)
     return q[:, :, :m].to(x.dtype)

@@ -1,8 +1,10 @@
 """The proxy manifold: N_rho learnable points, each with its own learnable linear piece (docs/method.md, "Proxies").
 
 Proxies live in the (L2-normalised) teacher embedding space and are "treated like data embeddings". Their pieces
-are stored as unconstrained d x m parameters and orthonormalised by QR in every forward pass.
+are stored as unconstrained d x m parameters and orthonormalised (Gram-Schmidt, pieces.orthonormal_basis) in
+every forward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,12 +14,14 @@ from plm_lightning.manifold.pieces import local_pca_basis, orthonormal_basis
 
 
 class ProxyManifold(nn.Module):
+    initialized: torch.Tensor  # a registered buffer (bool scalar)
+
     def __init__(self, num_proxies: int, dim: int, piece_dim: int):
         super().__init__()
         self.num_proxies = num_proxies
         self.piece_dim = min(piece_dim, dim)
         self.points = nn.Parameter(torch.zeros(num_proxies, dim))
-        # Placeholder bases until initialise_ runs; any full-rank matrix works for QR.
+        # Placeholder bases until initialise_ runs; any full-rank matrix can be orthonormalised.
         raw = torch.zeros(num_proxies, dim, self.piece_dim)
         raw[:, : self.piece_dim, :] = torch.eye(self.piece_dim)
         self.raw_bases = nn.Parameter(raw)

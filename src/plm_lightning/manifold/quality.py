@@ -7,6 +7,7 @@ truth"; the paper's Slide 14). Diagnostics only: labels are read here and never 
 - Pearson r between s(i, j) and 1[y_i = y_j] over the pairs i != j of the batches, pooled over batches (sums are
   accumulated, so batches of any number and size, and processes, combine exactly).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,9 +50,18 @@ class SimilarityQuality:
         off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
         sv = s[off]
         yv = (labels[:, None] == labels[None, :])[off].to(torch.float64)
-        batch = torch.stack([purity.sum(), torch.tensor(float(purity.numel()), dtype=torch.float64, device=s.device),
-                             torch.tensor(float(sv.numel()), dtype=torch.float64, device=s.device),
-                             sv.sum(), yv.sum(), (sv * sv).sum(), (yv * yv).sum(), (sv * yv).sum()])
+        batch = torch.stack(
+            [
+                purity.sum(),
+                torch.tensor(float(purity.numel()), dtype=torch.float64, device=s.device),
+                torch.tensor(float(sv.numel()), dtype=torch.float64, device=s.device),
+                sv.sum(),
+                yv.sum(),
+                (sv * sv).sum(),
+                (yv * yv).sum(),
+                (sv * yv).sum(),
+            ]
+        )
         self.sums = self.sums.to(s.device) + batch
 
     def compute(self) -> dict[str, float]:

@@ -7,6 +7,7 @@
 
 The similarity is a regression target: it is computed without gradient.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ class SimilarityResult:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def piece_distances(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def piece_distances(
+    points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthogonal and in-plane distances of every point from every piece.
 
     points: n x d; anchors: P x d; bases: P x d x m (orthonormal or zero columns).
@@ -38,8 +41,8 @@ def piece_distances(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Te
     u = bases.to(torch.float64)
     # Coordinates of (y_i - a_j) in piece j's basis, without forming the n x P x d offsets.
     coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u).unsqueeze(0)
-    p2 = (coef ** 2).sum(-1)
-    dist2 = ((y ** 2).sum(1)[:, None] + (a ** 2).sum(1)[None, :] - 2 * y @ a.T).clamp_min(0)
+    p2 = (coef**2).sum(-1)
+    dist2 = ((y**2).sum(1)[:, None] + (a**2).sum(1)[None, :] - 2 * y @ a.T).clamp_min(0)
     o2 = (dist2 - p2).clamp_min(0)
     return o2.sqrt(), p2.sqrt()
 
@@ -77,7 +80,7 @@ def batch_distance_scale(x: torch.Tensor) -> torch.Tensor:
     dist = (sq[:, None] + sq[None, :] - 2 * x64 @ x64.T).clamp_min(0).sqrt()
     upper = torch.triu_indices(b, b, offset=1, device=x.device)
     median = dist[upper[0], upper[1]].median()  # the lower median for an even count
-    return torch.where(median > 0, 2 ** 0.5 / median.clamp_min(1e-300), torch.ones_like(median))
+    return torch.where(median > 0, 2**0.5 / median.clamp_min(1e-300), torch.ones_like(median))
 
 
 @dataclass
@@ -100,13 +103,20 @@ class PLMSimilarity:
     distance_scale: str = "absolute"
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None,
-                 proxy_bases: Optional[torch.Tensor] = None) -> SimilarityResult:
+    def __call__(
+        self, x: torch.Tensor, proxy_points: Optional[torch.Tensor] = None, proxy_bases: Optional[torch.Tensor] = None
+    ) -> SimilarityResult:
+        if (proxy_points is None) != (proxy_bases is None):
+            raise ValueError("proxy_points and proxy_bases are given together or not at all")
         pieces = self.fit(x)
-        s_proxy = None if proxy_points is None else self.to_proxies(x, pieces, proxy_points, proxy_bases)
-        stats = {"piece_dim_mean": pieces.dims.float().mean(),
-                 "neighbourhood_size_mean": pieces.members.sum(1).float().mean(),
-                 "distance_scale": self.scale(x).float()}
+        s_proxy = None
+        if proxy_points is not None and proxy_bases is not None:
+            s_proxy = self.to_proxies(x, pieces, proxy_points, proxy_bases)
+        stats = {
+            "piece_dim_mean": pieces.dims.float().mean(),
+            "neighbourhood_size_mean": pieces.members.sum(1).float().mean(),
+            "distance_scale": self.scale(x).float(),
+        }
         return SimilarityResult(self.pairwise(x, pieces), s_proxy, stats)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +124,9 @@ class PLMSimilarity:
         if self.distance_scale == "batch":
             return batch_distance_scale(x)
         if self.distance_scale != "absolute":
-            raise ValueError(f"unknown distance scale {self.distance_scale!r}; choose one of "
-                             f"{', '.join(DISTANCE_SCALES)}")
+            raise ValueError(
+                f"unknown distance scale {self.distance_scale!r}; choose one of {', '.join(DISTANCE_SCALES)}"
+            )
         return torch.ones((), dtype=torch.float64, device=x.device)
 
     def _directed(self, o: torch.Tensor, p: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -123,8 +134,14 @@ class PLMSimilarity:
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Pieces:
-        return fit_pieces(x, piece_dim=self.piece_dim, max_candidates=self.max_candidates, tau=self.tau,
-                          subset_selection=self.subset_selection, greedy_test=self.greedy_test)
+        return fit_pieces(
+            x,
+            piece_dim=self.piece_dim,
+            max_candidates=self.max_candidates,
+            tau=self.tau,
+            subset_selection=self.subset_selection,
+            greedy_test=self.greedy_test,
+        )
 
     @torch.no_grad()
     def pairwise(self, x: torch.Tensor, pieces: Pieces) -> torch.Tensor:
@@ -136,8 +153,9 @@ class PLMSimilarity:
         return s.to(x.dtype)
 
     @torch.no_grad()
-    def to_proxies(self, x: torch.Tensor, pieces: Pieces, proxy_points: torch.Tensor,
-                   proxy_bases: torch.Tensor) -> torch.Tensor:
+    def to_proxies(
+        self, x: torch.Tensor, pieces: Pieces, proxy_points: torch.Tensor, proxy_bases: torch.Tensor
+    ) -> torch.Tensor:
         """s(i, k) between batch points and proxies: B x K. s'(i, k) uses the proxy's piece, s'(k, i) the point's."""
         # Re-orthonormalised in float64 for the same reason as the batch pieces (see fit_pieces).
         o_ik, p_ik = piece_distances(x, proxy_points, orthonormal_basis(proxy_bases.to(torch.float64)))

@@ -1,4 +1,5 @@
 """The momentum teacher: an exponential moving average of the student (docs/method.md, "Networks")."""
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,7 @@ def make_teacher(student: nn.Module) -> nn.Module:
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """phi <- m * phi + (1 - m) * theta for parameters and floating-point buffers (batch-norm statistics).
     Integer buffers (num_batches_tracked) are copied."""
-    t_params = [p for p in teacher.parameters()]
+    t_params: list[torch.Tensor] = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if t_params:
         torch._foreach_mul_(t_params, momentum)

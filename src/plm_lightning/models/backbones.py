@@ -1,6 +1,7 @@
 """Backbones: networks that map images to a feature map (B x C x H x W), or vectors to features (B x C: mlp).
 Pooling and embedding live in head.py. Each backbone names the input space its weights expect (docs/protocols.md);
 data/transforms.py builds the matching preprocessing."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,10 +42,13 @@ def _download_error(name: str, exc: BaseException) -> PretrainedWeightsError:
     if isinstance(exc, (URLError, ConnectionError, TimeoutError)):  # also DNS failures, refused connections
         return PretrainedWeightsError(
             f"could not download pretrained {name} weights: no network ({_one_line(exc)}); they are needed once "
-            f"(then cached under {torch.hub.get_dir()}), or set model.pretrained=false")
+            f"(then cached under {torch.hub.get_dir()}), or set model.pretrained=false"
+        )
     # torch.hub's check_hash (a truncated or altered download), an unwritable cache, ...
-    return PretrainedWeightsError(f"could not load pretrained {name} weights ({_one_line(exc)}); delete the cached "
-                                  f"file under {torch.hub.get_dir()} and retry, or set model.pretrained=false")
+    return PretrainedWeightsError(
+        f"could not load pretrained {name} weights ({_one_line(exc)}); delete the cached "
+        f"file under {torch.hub.get_dir()} and retry, or set model.pretrained=false"
+    )
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -56,8 +60,11 @@ def small_cnn(pretrained: bool = False, in_channels: int = 1, width: int = 64) -
     if pretrained:
         raise ValueError("model.pretrained=true: small_cnn has no pretrained weights; set model.pretrained=false")
     return nn.Sequential(
-        _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
-        _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width),
+        _conv_block(in_channels, width),
+        _conv_block(width, width),
+        nn.MaxPool2d(2),
+        _conv_block(width, 2 * width),
+        _conv_block(2 * width, 2 * width),
     )
 
 
@@ -66,8 +73,12 @@ def mlp(pretrained: bool = False, in_channels: int = 32, width: int = 64) -> nn.
     if pretrained:
         raise ValueError("model.pretrained=true: mlp has no pretrained weights; set model.pretrained=false")
     return nn.Sequential(
-        nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-        nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(in_channels, width, bias=False),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width, bias=False),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -113,9 +124,24 @@ class _GoogLeNetFeatures(nn.Module):
         n = self.net
         if getattr(n, "transform_input", False):
             x = n._transform_input(x)
-        for name in ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
-                     "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
-                     "inception5a", "inception5b"):
+        for name in (
+            "conv1",
+            "maxpool1",
+            "conv2",
+            "conv3",
+            "maxpool2",
+            "inception3a",
+            "inception3b",
+            "maxpool3",
+            "inception4a",
+            "inception4b",
+            "inception4c",
+            "inception4d",
+            "inception4e",
+            "maxpool4",
+            "inception5a",
+            "inception5b",
+        ):
             x = getattr(n, name)(x)
         return x
 
@@ -127,8 +153,9 @@ def bn_inception(pretrained: bool = True, in_channels: int = 3, width: int = 0) 
     if not pretrained:
         return model
     try:
-        state = torch.hub.load_state_dict_from_url(_bn.WEIGHTS_URL, map_location="cpu", check_hash=True,
-                                                   weights_only=True, progress=False)
+        state = torch.hub.load_state_dict_from_url(
+            _bn.WEIGHTS_URL, map_location="cpu", check_hash=True, weights_only=True, progress=False
+        )
     except (URLError, OSError, RuntimeError) as exc:
         raise _download_error("bn_inception", exc) from None
     _bn.load_pretrained_state(model, state)
@@ -158,10 +185,28 @@ def _bn_inception_native(state: dict) -> dict:
 BACKBONES: dict[str, BackboneSpec] = {
     "small_cnn": BackboneSpec(small_cnn, lambda w: 2 * w, input_channels=0, pretrainable=False, input_space="any"),
     "mlp": BackboneSpec(mlp, lambda w: w, input_channels=0, pretrainable=False, input_space="any"),
-    "googlenet": BackboneSpec(_torchvision("googlenet", "GoogLeNet_Weights"), lambda w: 1024, input_channels=3,
-                              pretrainable=True, input_space="imagenet_rgb", native_keys=_googlenet_native),
-    "resnet50": BackboneSpec(_torchvision("resnet50", "ResNet50_Weights"), lambda w: 2048, input_channels=3,
-                             pretrainable=True, input_space="imagenet_rgb", native_keys=_resnet50_native),
-    "bn_inception": BackboneSpec(bn_inception, lambda w: _bn.OUT_CHANNELS, input_channels=3, pretrainable=True,
-                                 input_space="caffe_bgr255", native_keys=_bn_inception_native),
+    "googlenet": BackboneSpec(
+        _torchvision("googlenet", "GoogLeNet_Weights"),
+        lambda w: 1024,
+        input_channels=3,
+        pretrainable=True,
+        input_space="imagenet_rgb",
+        native_keys=_googlenet_native,
+    ),
+    "resnet50": BackboneSpec(
+        _torchvision("resnet50", "ResNet50_Weights"),
+        lambda w: 2048,
+        input_channels=3,
+        pretrainable=True,
+        input_space="imagenet_rgb",
+        native_keys=_resnet50_native,
+    ),
+    "bn_inception": BackboneSpec(
+        bn_inception,
+        lambda w: _bn.OUT_CHANNELS,
+        input_channels=3,
+        pretrainable=True,
+        input_space="caffe_bgr255",
+        native_keys=_bn_inception_native,
+    ),
 }

@@ -6,6 +6,7 @@ its published ImageNet weights load with ``load_state_dict(strict=True)``. Input
 mean [104, 117, 128] (BGR order), no division by a std (data/transforms.py, input space "caffe_bgr255").
 Every convolution is followed by batch norm (eps 1e-5) and ReLU; max pools use ceil_mode as in Caffe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,9 +111,11 @@ class BNInception(nn.Module):
         branches.append(self._cbr(p + "pool_proj", pooled) if b.pool_proj else pooled)
         sizes = {tuple(t.shape[2:]) for t in branches}
         if len(sizes) > 1:
-            raise ValueError(f"bn_inception: a {x.shape[2]}x{x.shape[3]} map entering inception_{b.name} gives "
-                             f"branches of sizes {sorted(sizes)}; use an input size that fits (data.image_size such "
-                             f"as 224 or 227)")
+            raise ValueError(
+                f"bn_inception: a {x.shape[2]}x{x.shape[3]} map entering inception_{b.name} gives "
+                f"branches of sizes {sorted(sizes)}; use an input size that fits (data.image_size such "
+                f"as 224 or 227)"
+            )
         return torch.cat(branches, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +147,11 @@ def published_to_module_state(state: dict[str, torch.Tensor]) -> dict[str, torch
     """The published state dict in this module's terms: the classifier dropped, its 1 x C vectors (batch-norm
     tensors, biases) as C. Without the classifier the network has no 2-D tensors, so every 1 x C one is such a
     vector."""
-    return {key: value.reshape(-1) if value.dim() == 2 and value.shape[0] == 1 else value
-            for key, value in state.items() if not key.startswith("last_linear.")}
+    return {
+        key: value.reshape(-1) if value.dim() == 2 and value.shape[0] == 1 else value
+        for key, value in state.items()
+        if not key.startswith("last_linear.")
+    }
 
 
 def load_pretrained_state(model: BNInception, state: dict[str, torch.Tensor]) -> None:

@@ -1,5 +1,6 @@
 """How a run's LightningModule and DataModule are built from its config: one place, used by plm-fit
 (experiment.py), the analyses (features of the starting network) and plm-eval (a checkpoint's model)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,9 +21,13 @@ def build_model(cfg: DictConfig) -> tuple[EmbeddingModule, RetrievalDataModule]:
     classes, so the DataModule is set up here in that case; otherwise setup waits for the Trainer."""
     channels = backbone_input_channels(cfg.model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
     supervised = cfg.method.name == "supervised"
-    datamodule = RetrievalDataModule(cfg.data, backbone_channels=channels,
-                                     input_space=backbone_input_space(cfg.model.backbone), seed=cfg.run.seed,
-                                     sampling="random" if supervised else "neighbours")
+    datamodule = RetrievalDataModule(
+        cfg.data,
+        backbone_channels=channels,
+        input_space=backbone_input_space(cfg.model.backbone),
+        seed=cfg.run.seed,
+        sampling="random" if supervised else "neighbours",
+    )
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     if supervised:
         datamodule.setup("fit")

@@ -5,6 +5,7 @@ Subclasses: ``PLMModule`` (the method) and ``SupervisedModule`` (the labelled re
 parameter groups (``extra_param_groups``), per-epoch preparation (``prepare_epoch``) and resume state
 (``extra_resume_state`` / ``restore_resume_state``).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,16 @@ class EmbeddingModule(L.LightningModule):
         cfg = OmegaConf.create(config)
         self.cfg = cfg
         m = cfg.model
-        self.student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling,
-                                      pretrained=m.pretrained, in_channels=in_channels, width=m.width,
-                                      freeze_bn=bool(m.get("freeze_bn", False)),  # absent in older checkpoints
-                                      weights=m.get("weights"))
+        self.student = build_embedder(
+            m.backbone,
+            embedding_dim=m.embedding_dim,
+            pooling=m.pooling,
+            pretrained=m.pretrained,
+            in_channels=in_channels,
+            width=m.width,
+            freeze_bn=bool(m.get("freeze_bn", False)),  # absent in older checkpoints
+            weights=m.get("weights"),
+        )
         # Set by on_load_checkpoint, applied at the start of the first resumed epoch (see on_train_epoch_start).
         self._resume_state: Optional[dict[str, Any]] = None
 
@@ -92,7 +99,8 @@ class EmbeddingModule(L.LightningModule):
                 raise TrainingDiverged(
                     f"training diverged: NaN or inf in the {name} at step {self.global_step} (epoch "
                     f"{self.current_epoch}); lower optim.lr (now {self.cfg.optim.lr:g}) or set "
-                    f"trainer.gradient_clip_val")
+                    f"trainer.gradient_clip_val"
+                )
 
     # --- optimisation --------------------------------------------------------------------------------------------
     def extra_param_groups(self) -> list[dict[str, Any]]:
@@ -103,10 +111,18 @@ class EmbeddingModule(L.LightningModule):
         o = self.cfg.optim
         head_lr = o.head_lr if o.head_lr is not None else o.lr
         groups = [
-            {"params": list(self.student.backbone.parameters()), "lr": o.lr, "weight_decay": o.weight_decay,
-             "name": "backbone"},
-            {"params": list(self.student.head.parameters()), "lr": head_lr, "weight_decay": o.weight_decay,
-             "name": "head"},
+            {
+                "params": list(self.student.backbone.parameters()),
+                "lr": o.lr,
+                "weight_decay": o.weight_decay,
+                "name": "backbone",
+            },
+            {
+                "params": list(self.student.head.parameters()),
+                "lr": head_lr,
+                "weight_decay": o.weight_decay,
+                "name": "head",
+            },
             *self.extra_param_groups(),
         ]
         if o.name == "adamw":

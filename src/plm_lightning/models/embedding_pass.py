@@ -4,6 +4,7 @@ Each rank embeds its shard; (index, embedding, label) are padded to equal length
 duplicate indices are dropped and the rows are sorted by dataset index, so every rank holds the same tensors as a
 single process would.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -15,8 +16,9 @@ from torch.utils.data import DataLoader
 
 
 @torch.no_grad()
-def embed_loader(model: nn.Module, loader: DataLoader, device: torch.device,
-                 autocast: Optional[Callable[[], ContextManager]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def embed_loader(
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast: Optional[Callable[[], ContextManager]] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices, float32 embeddings, labels) of this process's shard, on ``device``."""
     was_training = model.training
     model.eval()
@@ -30,7 +32,7 @@ def embed_loader(model: nn.Module, loader: DataLoader, device: torch.device,
             images = images.to(device, non_blocking=True)
             if input_dtype is not None and images.is_floating_point() and images.dtype != input_dtype:
                 images = images.to(input_dtype)
-            with (autocast() if autocast is not None else nullcontext()):
+            with autocast() if autocast is not None else nullcontext():
                 out = model(images)
             emb.append(out.float())  # mixed precision: cast before anything normalises or searches
             lab.append(labels.to(device))
@@ -40,13 +42,21 @@ def embed_loader(model: nn.Module, loader: DataLoader, device: torch.device,
     if not emb:
         dim = getattr(getattr(model, "head", None), "linear", None)
         d = dim.out_features if dim is not None else 0
-        return (torch.empty(0, dtype=torch.long, device=device), torch.empty(0, d, device=device),
-                torch.empty(0, dtype=torch.long, device=device))
+        return (
+            torch.empty(0, dtype=torch.long, device=device),
+            torch.empty(0, d, device=device),
+            torch.empty(0, dtype=torch.long, device=device),
+        )
     return torch.cat(idx), torch.cat(emb), torch.cat(lab)
 
 
-def gather_by_index(all_gather: Callable[[torch.Tensor], torch.Tensor], world_size: int, indices: torch.Tensor,
-                    embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_by_index(
+    all_gather: Callable[[torch.Tensor], torch.Tensor],
+    world_size: int,
+    indices: torch.Tensor,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather shards from all ranks; drop padding and duplicate indices; sort by index."""
     if world_size > 1:
         count = torch.tensor([indices.numel()], device=indices.device)

@@ -1,5 +1,6 @@
 """Pooling + linear embedding head (docs/protocols.md: global average + global max pooling, summed, then a linear
 layer with orthogonal initialisation)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -75,8 +76,17 @@ def backbone_input_space(backbone: str) -> str:
     return BACKBONES[backbone].input_space
 
 
-def build_embedder(backbone: str, *, embedding_dim: int, pooling: str, pretrained: bool, in_channels: int,
-                   width: int = 64, freeze_bn: bool = False, weights: Optional[str] = None) -> Embedder:
+def build_embedder(
+    backbone: str,
+    *,
+    embedding_dim: int,
+    pooling: str,
+    pretrained: bool,
+    in_channels: int,
+    width: int = 64,
+    freeze_bn: bool = False,
+    weights: Optional[str] = None,
+) -> Embedder:
     """weights: a local file for the backbone (model.weights, models/weights.py), used instead of the download that
     ``pretrained`` asks for; the head always starts fresh."""
     spec = BACKBONES[backbone]

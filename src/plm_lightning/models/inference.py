@@ -5,6 +5,7 @@ The checkpoint is read as plain data (``torch.load(weights_only=True)``); its ``
 config as a dict, from which the student is rebuilt (without downloading pretrained weights: the checkpoint has
 them). Embedding runs in float32 whatever ``trainer.precision`` the run trained with; no Trainer is involved.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,18 +69,29 @@ class TrainedModel:
         """The evaluation transform for data described by ``data_cfg``, ending in the preprocessing the backbone's
         weights expect (as the DataModule builds it: same function, same arguments)."""
         cls = DATASETS[data_cfg.name]
-        return build_transform(augmentation=cls.augmentation, train=False, augment=False,
-                               image_size=data_cfg.image_size, resize=data_cfg.resize,
-                               in_channels=cls.input_channels(data_cfg), out_channels=self.in_channels,
-                               input_space=backbone_input_space(self.cfg.model.backbone))
+        return build_transform(
+            augmentation=cls.augmentation,
+            train=False,
+            augment=False,
+            image_size=data_cfg.image_size,
+            resize=data_cfg.resize,
+            in_channels=cls.input_channels(data_cfg),
+            out_channels=self.in_channels,
+            input_space=backbone_input_space(self.cfg.model.backbone),
+        )
 
     def describe(self) -> dict[str, Any]:
         """What meta.json records about the model."""
         transform = "vector (as is)" if self.family == "vector" else repr(self.image_transform())
-        return {"checkpoint": str(Path(self.ckpt).resolve()), "backbone": self.cfg.model.backbone,
-                "embedding_dim": self.embedding_dim, "normalized": self.normalize,
-                "trained_on": self.cfg.data.name, "image_mode": None if self.family == "vector" else self.image_mode,
-                "transform": " ".join(transform.split())}
+        return {
+            "checkpoint": str(Path(self.ckpt).resolve()),
+            "backbone": self.cfg.model.backbone,
+            "embedding_dim": self.embedding_dim,
+            "normalized": self.normalize,
+            "trained_on": self.cfg.data.name,
+            "image_mode": None if self.family == "vector" else self.image_mode,
+            "transform": " ".join(transform.split()),
+        }
 
     # --- embedding -----------------------------------------------------------------------------------------------
     def finish(self, emb: torch.Tensor) -> np.ndarray:
@@ -94,12 +106,17 @@ class TrainedModel:
     def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Embed in-memory images (PIL images, or anything the transform takes)."""
         transform = self.image_transform()
-        out = [self.embed_tensors(torch.stack([transform(self._mode(im)) for im in images[s:s + batch_size]]))
-               for s in range(0, len(images), batch_size)]
+        out = [
+            self.embed_tensors(torch.stack([transform(self._mode(im)) for im in images[s : s + batch_size]]))
+            for s in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
 
-    def embed_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 64,
-                    ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    def embed_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 64,
+    ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
         """(embeddings of the readable files, their positions in ``paths``, [(path, reason)] of the others).
         A file that cannot be decoded is skipped and reported, never fatal."""
         transform = self.image_transform()
@@ -121,16 +138,19 @@ class TrainedModel:
         emb = np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_dim), np.float32)
         return emb, ok, bad
 
-    def embed_split(self, data_cfg: DictConfig, split: str = "test",
-                    batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def embed_split(
+        self, data_cfg: DictConfig, split: str = "test", batch_size: Optional[int] = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(embeddings, labels, ids) of a dataset split in dataset order, with the evaluation transform and loader
         that the training-time evaluation uses for this data config."""
         cls = DATASETS[data_cfg.name]
         dataset_channels = cls.input_channels(data_cfg)
         needed = backbone_input_channels(self.cfg.model.backbone, dataset_channels)
         if needed != self.in_channels:
-            raise ValueError(f"the checkpoint's model takes {self.in_channels} input channels/features, the "
-                             f"{data_cfg.name} data gives {dataset_channels}")
+            raise ValueError(
+                f"the checkpoint's model takes {self.in_channels} input channels/features, the "
+                f"{data_cfg.name} data gives {dataset_channels}"
+            )
         dataset = cls.from_config(split, self.eval_transform(data_cfg), data_cfg)
         loader = DataLoader(dataset, batch_size=batch_size or data_cfg.eval_batch_size, shuffle=False)
         _, emb, lab = embed_loader(self.student, loader, self.device)
@@ -160,21 +180,29 @@ def load_trained_model(ckpt: str | os.PathLike, device: Optional[str] = None) ->
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), hp["config"])
     except Exception as exc:
-        raise ValueError(f"{ckpt}: its config does not fit this version's schema: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{ckpt}: its config does not fit this version's schema: {str(exc).splitlines()[0]}") from None
     m = cfg.model
-    in_channels = int(hp.get("in_channels") or backbone_input_channels(
-        m.backbone, DATASETS[cfg.data.name].input_channels(cfg.data)))
+    in_channels = int(
+        hp.get("in_channels") or backbone_input_channels(m.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
+    )
     # pretrained=False: the checkpoint holds the trained weights; nothing is downloaded.
-    student = build_embedder(m.backbone, embedding_dim=m.embedding_dim, pooling=m.pooling, pretrained=False,
-                             in_channels=in_channels, width=m.width)
-    weights = {k[len("student."):]: v for k, v in state["state_dict"].items() if k.startswith("student.")}
+    student = build_embedder(
+        m.backbone,
+        embedding_dim=m.embedding_dim,
+        pooling=m.pooling,
+        pretrained=False,
+        in_channels=in_channels,
+        width=m.width,
+    )
+    weights = {k[len("student.") :]: v for k, v in state["state_dict"].items() if k.startswith("student.")}
     require_finite({f"student.{k}": v for k, v in weights.items()}, str(ckpt))
     try:
         student.load_state_dict(weights)
     except RuntimeError as exc:
-        raise ValueError(f"{ckpt}: the student's weights do not fit the model its config describes: "
-                         f"{str(exc).strip().splitlines()[0]}") from None
+        raise ValueError(
+            f"{ckpt}: the student's weights do not fit the model its config describes: "
+            f"{str(exc).strip().splitlines()[0]}"
+        ) from None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     student = student.float().to(dev).eval()
     return TrainedModel(student, cfg, in_channels, str(ckpt), dev)
@@ -211,8 +239,9 @@ def _resource_forks(root: Path) -> list[Path]:
     return found
 
 
-def embed_folder(model: TrainedModel, root: str | os.PathLike, batch_size: int = 64
-                 ) -> tuple[np.ndarray, np.ndarray, list[str], FolderListing, list[tuple[str, str]]]:
+def embed_folder(
+    model: TrainedModel, root: str | os.PathLike, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, list[str], FolderListing, list[tuple[str, str]]]:
     """(embeddings, labels, paths) of the readable images below ``root``, the listing, and the unreadable files."""
     listing = list_folder(root)
     emb, ok, bad = model.embed_files(listing.paths, batch_size=batch_size)

@@ -5,6 +5,7 @@ similarities (point-point, point-proxy) -> loss -> optimiser step -> EMA update 
 every ``data.refresh_every`` epochs) the teacher embeds the whole training split and the nearest-neighbour batch
 sampler is rebuilt from it. Labels never reach this module's loss. It holds no evaluation logic (callbacks do).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,11 +43,23 @@ def build_similarity(cfg: DictConfig, name: str | None = None):
     """The similarity estimator that ``method.similarity`` (or ``name``) and the ablation knobs describe."""
     me = cfg.method
     d = derived_method_values(cfg)
-    return build_estimator(name or me.similarity, n_alpha=me.n_alpha, n_beta=me.n_beta, piece_dim=me.piece_dim,
-                           max_candidates=d["max_candidates"], tau=me.tau, subset_selection=me.subset_selection,
-                           gaussian_sigma=me.gaussian_sigma, knn_k=d["knn_k"], kmeans_clusters=d["kmeans_clusters"],
-                           seed=cfg.run.seed, binary_threshold=me.binary_threshold, symmetrize=me.symmetrize,
-                           greedy_test=me.greedy_test, distance_scale=me.distance_scale)
+    return build_estimator(
+        name or me.similarity,
+        n_alpha=me.n_alpha,
+        n_beta=me.n_beta,
+        piece_dim=me.piece_dim,
+        max_candidates=d["max_candidates"],
+        tau=me.tau,
+        subset_selection=me.subset_selection,
+        gaussian_sigma=me.gaussian_sigma,
+        knn_k=d["knn_k"],
+        kmeans_clusters=d["kmeans_clusters"],
+        seed=cfg.run.seed,
+        binary_threshold=me.binary_threshold,
+        symmetrize=me.symmetrize,
+        greedy_test=me.greedy_test,
+        distance_scale=me.distance_scale,
+    )
 
 
 class PLMModule(EmbeddingModule):
@@ -56,12 +69,19 @@ class PLMModule(EmbeddingModule):
         self.teacher = make_teacher(self.student)
         me = cfg.method
         derived = derived_method_values(cfg)
-        self.proxies = (ProxyManifold(me.num_proxies, cfg.model.embedding_dim, me.piece_dim)
-                        if me.num_proxies > 0 else None)
-        self.criterion = PLMLoss(build_similarity(cfg), delta=me.delta, lambda_proxy=me.lambda_proxy,
-                                 lambda_nbhd=me.lambda_nbhd, proxy_neighbours=derived["proxy_neighbours"],
-                                 proxy_pairs=me.proxy_pairs,
-                                 normalize_student=me.normalize_student, normalize_teacher=me.normalize_teacher)
+        self.proxies = (
+            ProxyManifold(me.num_proxies, cfg.model.embedding_dim, me.piece_dim) if me.num_proxies > 0 else None
+        )
+        self.criterion = PLMLoss(
+            build_similarity(cfg),
+            delta=me.delta,
+            lambda_proxy=me.lambda_proxy,
+            lambda_nbhd=me.lambda_nbhd,
+            proxy_neighbours=derived["proxy_neighbours"],
+            proxy_pairs=me.proxy_pairs,
+            normalize_student=me.normalize_student,
+            normalize_teacher=me.normalize_teacher,
+        )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -142,5 +162,11 @@ class PLMModule(EmbeddingModule):
         if self.proxies is None:
             return []
         o = self.cfg.optim
-        return [{"params": list(self.proxies.parameters()), "lr": o.proxy_lr if o.proxy_lr is not None else o.lr,
-                 "weight_decay": 0.0, "name": "proxies"}]
+        return [
+            {
+                "params": list(self.proxies.parameters()),
+                "lr": o.proxy_lr if o.proxy_lr is not None else o.lr,
+                "weight_decay": 0.0,
+                "name": "proxies",
+            }
+        ]

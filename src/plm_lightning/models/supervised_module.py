@@ -8,6 +8,7 @@ is a Strong Baseline for Deep Metric Learning", Zhai & Wu, BMVC 2019). Two uses:
 Batches are plain random batches (RetrievalDataModule with sampling="random"); evaluation is the same zero-shot
 retrieval as for every method.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -30,13 +31,14 @@ class SupervisedModule(EmbeddingModule):
         self.register_buffer("class_ids", ids, persistent=False)
         self.temperature = float(self.cfg.method.supervised.temperature)
         dim = self.cfg.model.embedding_dim
-        self.classifier = nn.Parameter(torch.randn(ids.numel(), dim) / dim ** 0.5)
+        self.classifier = nn.Parameter(torch.randn(ids.numel(), dim) / dim**0.5)
 
     def class_index(self, labels: torch.Tensor) -> torch.Tensor:
         """Positions of the label values in the sorted class_ids (the classifier's rows)."""
         index = torch.searchsorted(self.class_ids, labels)
-        if bool((index >= self.class_ids.numel()).any()) or not torch.equal(self.class_ids[index.clamp_max(
-                self.class_ids.numel() - 1)], labels):
+        if bool((index >= self.class_ids.numel()).any()) or not torch.equal(
+            self.class_ids[index.clamp_max(self.class_ids.numel() - 1)], labels
+        ):
             raise ValueError("a training label is not among the class_ids the supervised module was built with")
         return index
 
@@ -58,5 +60,11 @@ class SupervisedModule(EmbeddingModule):
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         o = self.cfg.optim
-        return [{"params": [self.classifier], "lr": o.head_lr if o.head_lr is not None else o.lr,
-                 "weight_decay": 0.0, "name": "classifier"}]
+        return [
+            {
+                "params": [self.classifier],
+                "lr": o.head_lr if o.head_lr is not None else o.lr,
+                "weight_decay": 0.0,
+                "name": "classifier",
+            }
+        ]

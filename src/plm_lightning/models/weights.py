@@ -10,6 +10,7 @@ Keys of the file that the backbone does not have (a classifier, auxiliary heads,
 every key the backbone has must be present with its shape, or the run stops with one line naming the first
 difference.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def read_weights_file(path: str | os.PathLike, backbone: str) -> dict[str, torch
     if isinstance(hparams, dict) and isinstance(hparams.get("config"), dict) and "state_dict" in state:
         trained = (hparams["config"].get("model") or {}).get("backbone")
         if trained != backbone:
-            raise _error(path, f"a plm-fit checkpoint of a {trained!r} backbone; this run's model.backbone is "
-                               f"{backbone!r}")
+            raise _error(
+                path, f"a plm-fit checkpoint of a {trained!r} backbone; this run's model.backbone is {backbone!r}"
+            )
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
@@ -59,7 +61,7 @@ def read_weights_file(path: str | os.PathLike, backbone: str) -> dict[str, torch
 def _candidates(state: dict[str, torch.Tensor], backbone: str) -> Iterator[dict[str, torch.Tensor]]:
     yield state
     for prefix in _PREFIXES:
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if stripped:
             yield stripped
     native: Callable | None = BACKBONES[backbone].native_keys

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation of a set of embeddings (PROTOCOLS §1).
+"""Zero-shot retrieval evaluation of a set of embeddings (docs/protocols.md).
 
 Two exact engines give identical numbers:
 
@@ -73,9 +73,7 @@ def evaluate_embeddings(
         raise ValueError(f"embeddings must be [n, dim], got shape {tuple(embeddings.shape)}")
     labels = torch.as_tensor(labels).detach().cpu()
     if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(
-            f"{embeddings.shape[0]} embeddings but labels of shape {tuple(labels.shape)}"
-        )
+        raise ValueError(f"{embeddings.shape[0]} embeddings but labels of shape {tuple(labels.shape)}")
     n = embeddings.shape[0]
     if n < 2:
         raise ValueError(f"retrieval needs at least 2 items, got {n}")
@@ -144,18 +142,14 @@ def evaluate_query_gallery(
         if not isinstance(x, torch.Tensor) or x.dim() != 2:
             raise ValueError(f"{name} embeddings must be a [n, dim] tensor")
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}"
-        )
+        raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
     if query.device != gallery.device:
         raise ValueError(f"query is on {query.device} but gallery is on {gallery.device}")
     query_labels = torch.as_tensor(query_labels).detach().cpu()
     gallery_labels = torch.as_tensor(gallery_labels).detach().cpu()
     for name, x, lab in (("query", query, query_labels), ("gallery", gallery, gallery_labels)):
         if lab.dim() != 1 or lab.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"{x.shape[0]} {name} embeddings but labels of shape {tuple(lab.shape)}"
-            )
+            raise ValueError(f"{x.shape[0]} {name} embeddings but labels of shape {tuple(lab.shape)}")
         if x.shape[0] == 0:
             raise ValueError(f"the {name} set is empty")
     # One label dtype for both sets (searchsorted and comparisons need it).
@@ -184,12 +178,8 @@ def evaluate_query_gallery(
         depth = max(ks)
         if map_r:
             depth = max(depth, int(num_positives.max()))
-        _, neighbours = knn_search(
-            query, gallery, depth, backend=backend, memory_budget_mb=memory_budget_mb
-        )
-        metrics = _metrics_from_neighbours(
-            gallery_labels[neighbours], query_labels, num_positives, ks, map_r
-        )
+        _, neighbours = knn_search(query, gallery, depth, backend=backend, memory_budget_mb=memory_budget_mb)
+        metrics = _metrics_from_neighbours(gallery_labels[neighbours], query_labels, num_positives, ks, map_r)
     if compute_nmi:
         metrics["NMI"] = nmi(query, query_labels, seed=seed)
     return metrics

@@ -9,10 +9,12 @@ record beside it in one folder (written by plm-embed, read by plm-search and the
 
 Exact search: a flat index compares every item. Plain numpy + faiss, no torch or Lightning.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,7 +31,7 @@ INDEX = "index.faiss"
 METRICS = ("inner_product", "l2")
 
 
-def _faiss():
+def _faiss() -> Any:  # faiss has no type hints
     try:
         import faiss
     except ImportError:
@@ -42,7 +44,7 @@ def metric_for(normalized: bool) -> str:
     return "inner_product" if normalized else "l2"
 
 
-def build_index(embeddings: np.ndarray, metric: str):
+def build_index(embeddings: np.ndarray, metric: str) -> Any:
     """A faiss flat index (exact) holding ``embeddings`` (N x d) in row order: id i is row i."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -55,8 +57,9 @@ def build_index(embeddings: np.ndarray, metric: str):
     return index
 
 
-def search_index(index, queries: np.ndarray, k: int, *, metric: str,
-                 exclude: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+def search_index(
+    index: Any, queries: np.ndarray, k: int, *, metric: str, exclude: Optional[Sequence[int]] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The k best items of each query: (scores, ids), each len(queries) x k, best first.
 
     Scores are similarities (inner product, higher is better) or Euclidean distances (l2, lower is better).
@@ -80,7 +83,7 @@ def search_index(index, queries: np.ndarray, k: int, *, metric: str,
             keep &= ids[row] != int(exclude[row])
         s, i = scores[row][keep], ids[row][keep]
         order = np.lexsort((i, -s if higher_better else s))[:k]
-        out_s[row, :order.size], out_i[row, :order.size] = s[order], i[order]
+        out_s[row, : order.size], out_i[row, : order.size] = s[order], i[order]
     if not higher_better:  # faiss's L2 index gives squared distances
         out_s = np.sqrt(np.maximum(out_s, 0), where=~np.isnan(out_s), out=out_s)
     return out_s, out_i
@@ -99,17 +102,19 @@ class ExportedIndex:
 
     @property
     def metric(self) -> str:
-        return self.meta.get("metric", "inner_product")
+        return str(self.meta.get("metric", "inner_product"))
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
-    def search(self, queries: np.ndarray, k: int, exclude: Optional[Sequence[int]] = None):
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Optional[Sequence[int]] = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k best items per query; see :func:`search_index`."""
         return search_index(self.index, queries, k, metric=self.metric, exclude=exclude)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ExportedIndex":
+    def load(cls, directory: str | os.PathLike[str]) -> ExportedIndex:
         """Read an export folder; ValueError (one line) naming what is missing or inconsistent."""
         d = Path(directory)
         if not d.is_dir():
@@ -127,8 +132,10 @@ class ExportedIndex:
             raise ValueError(f"{directory}: cannot read the export: {str(exc).splitlines()[0]}") from None
         _require_finite_rows(emb, f"{directory}: the exported embeddings")
         if not (emb.shape[0] == labels.shape[0] == len(paths) == index.ntotal):
-            raise ValueError(f"{directory}: inconsistent export ({emb.shape[0]} embeddings, {labels.shape[0]} labels, "
-                             f"{len(paths)} paths, {index.ntotal} indexed)")
+            raise ValueError(
+                f"{directory}: inconsistent export ({emb.shape[0]} embeddings, {labels.shape[0]} labels, "
+                f"{len(paths)} paths, {index.ntotal} indexed)"
+            )
         return cls(d, emb, labels, paths, meta, index)
 
 
@@ -138,8 +145,13 @@ def _require_finite_rows(emb: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: {rows} of {emb.shape[0]} rows hold NaN or inf (a diverged model)")
 
 
-def write_export(directory: str | os.PathLike, embeddings: np.ndarray, labels: np.ndarray, paths: Sequence[str],
-                 meta: dict[str, Any]) -> ExportedIndex:
+def write_export(
+    directory: str | os.PathLike[str],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    paths: Sequence[str],
+    meta: dict[str, Any],
+) -> ExportedIndex:
     """Write the five files (each atomically) and return the export. ``meta['metric']`` picks the index type."""
     d = Path(directory)
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -155,10 +167,11 @@ def write_export(directory: str | os.PathLike, embeddings: np.ndarray, labels: n
     faiss = _faiss()
     (d / META).unlink(missing_ok=True)  # re-exporting into a folder: no stale meta.json beside half-new files
 
-    def save_npy(array: np.ndarray):
+    def save_npy(array: np.ndarray) -> Callable[[str], None]:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare name
                 np.save(f, array, allow_pickle=False)
+
         return write
 
     atomic_write(d / EMBEDDINGS, save_npy(emb))

@@ -1,4 +1,4 @@
-"""Retrieval and clustering metrics (PROTOCOLS §1). All values are percentages (0..100).
+"""Retrieval and clustering metrics (docs/protocols.md). All values are percentages (0..100).
 
 The ranking metrics take the labels of each query's ranked neighbours (self already removed), so
 they are independent of how the neighbours were found.
@@ -15,14 +15,12 @@ from sklearn.metrics import normalized_mutual_info_score
 try:
     import faiss
 except ImportError:  # optional: k-means falls back to scikit-learn
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 __all__ = ["recall_at_k", "map_at_r", "r_precision", "nmi"]
 
 
-def recall_at_k(
-    neighbour_labels: torch.Tensor, query_labels: torch.Tensor, ks: Sequence[int]
-) -> dict[int, float]:
+def recall_at_k(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
     """Recall@K as used in metric learning: the hit rate.
 
     The percentage of queries with at least one same-class item among their first K neighbours
@@ -35,9 +33,7 @@ def recall_at_k(
         raise ValueError("ks must not be empty")
     for k in ks:
         if not 1 <= k <= matches.shape[1]:
-            raise ValueError(
-                f"K={k} is outside 1..{matches.shape[1]} (the number of neighbour columns)"
-            )
+            raise ValueError(f"K={k} is outside 1..{matches.shape[1]} (the number of neighbour columns)")
     # first_hit[q] = rank (0-based) of the first same-class neighbour, or num_columns if none.
     num_columns = matches.shape[1]
     ranks = torch.arange(num_columns, device=matches.device).expand_as(matches)
@@ -45,9 +41,7 @@ def recall_at_k(
     return _recall_from_first_hit(first_hit, ks)
 
 
-def map_at_r(
-    neighbour_labels: torch.Tensor, query_labels: torch.Tensor, num_positives: torch.Tensor
-) -> float:
+def map_at_r(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, num_positives: torch.Tensor) -> float:
     """MAP@R (Musgrave et al., ECCV 2020).
 
     For query q with R = ``num_positives[q]`` same-class gallery items (self excluded):
@@ -61,9 +55,7 @@ def map_at_r(
     return _map_at_r_from_relevance(rel, within_r, r)
 
 
-def r_precision(
-    neighbour_labels: torch.Tensor, query_labels: torch.Tensor, num_positives: torch.Tensor
-) -> float:
+def r_precision(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, num_positives: torch.Tensor) -> float:
     """R-precision: the fraction of same-class items among the first R neighbours.
 
     R = ``num_positives[q]``; averaged over queries with R >= 1 (NaN if there are none).
@@ -82,8 +74,7 @@ def nmi(embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> flo
     """
     if embeddings.dim() != 2 or labels.dim() != 1 or embeddings.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"need embeddings [n, d] and labels [n]; got {tuple(embeddings.shape)} and "
-            f"{tuple(labels.shape)}"
+            f"need embeddings [n, d] and labels [n]; got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
     if embeddings.shape[0] == 0:
         raise ValueError("nmi needs at least one item")
@@ -123,18 +114,13 @@ def _matches(neighbour_labels: torch.Tensor, query_labels: torch.Tensor) -> torc
             f"{tuple(neighbour_labels.shape)} and {tuple(query_labels.shape)}"
         )
     if neighbour_labels.shape[0] != query_labels.shape[0]:
-        raise ValueError(
-            f"{neighbour_labels.shape[0]} rows of neighbour labels for "
-            f"{query_labels.shape[0]} queries"
-        )
+        raise ValueError(f"{neighbour_labels.shape[0]} rows of neighbour labels for {query_labels.shape[0]} queries")
     if neighbour_labels.shape[0] == 0:
         raise ValueError("no queries")
     return neighbour_labels == query_labels.to(neighbour_labels.device).unsqueeze(1)
 
 
-def _map_at_r_from_relevance(
-    rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor
-) -> float:
+def _map_at_r_from_relevance(rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor) -> float:
     """MAP@R from ``rel [n, maxR]`` (position i holds a positive), ``within_r`` (i < R), R.
 
     Shared by the search and rank engines so that both give bit-identical numbers.
@@ -145,9 +131,7 @@ def _map_at_r_from_relevance(
     return 100.0 * per_query.mean().item()
 
 
-def _r_precision_from_relevance(
-    rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor
-) -> float:
+def _r_precision_from_relevance(rel: torch.Tensor, within_r: torch.Tensor, r: torch.Tensor) -> float:
     """R-precision from the same inputs as :func:`_map_at_r_from_relevance`."""
     per_query = (rel & within_r).sum(dim=1).double() / r
     return 100.0 * per_query.mean().item()
@@ -169,9 +153,7 @@ def _first_r_relevance(
     matches = _matches(neighbour_labels, query_labels)
     r = torch.as_tensor(num_positives, device=matches.device).long()
     if r.shape != (matches.shape[0],):
-        raise ValueError(
-            f"num_positives must have shape ({matches.shape[0]},), got {tuple(r.shape)}"
-        )
+        raise ValueError(f"num_positives must have shape ({matches.shape[0]},), got {tuple(r.shape)}")
     if bool((r < 0).any()):
         raise ValueError("num_positives must be non-negative")
     keep = r > 0

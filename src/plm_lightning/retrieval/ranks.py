@@ -1,6 +1,6 @@
 """Exact retrieval metrics from the ranks of each query's positives (no top-k search).
 
-Every ranking metric of the protocol (PROTOCOLS §1) is a function of the *ranks of the positives*:
+Every ranking metric of the protocol (docs/protocols.md) is a function of the *ranks of the positives*:
 the rank of a positive p of query q is the number of gallery items ordered before p, in the order
 of :func:`~plm_lightning.retrieval.search.knn_search`: by (distance, gallery index), the query
 itself removed by index in same-set mode. With the positives of q sorted in that order,
@@ -13,64 +13,12 @@ So only *counts* are needed: no top-1000 heap and no N x 1000 result arrays. Onl
 per-slot limit matter (``max(max(ks), R)`` for the nearest positive, R for the others); a slot
 whose count has reached its limit is dropped ("inactive") and reported as rank >= limit.
 
-Distances
----------
-The ordering distance is the canonical one of ``search.py``: the float64 sum of (g_j - q_j)^2,
-accumulated j = 0..d-1 with element-wise operations only, rounded to float32
-(:func:`canonical_sq_dist`, bit-identical to ``search._exact_sq_dist``). Every (query, positive)
-distance is canonical (computed with float64 Gram matrices per class and certified, see
-:func:`_positive_distances`), and so is every (query, item) distance that falls in an
-*uncertainty band* (below); all other comparisons use a fast float32 GEMM distance whose error is
-rigorously bounded.
-
-Why the counts are exact
-------------------------
-1. *Fast distance and its error.* For a tile of rows x and columns y, one float32 GEMM of depth
-   d + 2 gives ``A = [x, s_x, 1] . [-2y, 1, s_y] = s_x + s_y - 2 x.y``, with s = |.|^2 summed in
-   float64 and rounded to float32 ("highest" matmul precision: no TF32/bf16; the scaling by -2 is
-   exact). Whatever the summation order, blocking or FMA use of the GEMM (CPU or CUDA; any
-   classical, non-Strassen kernel: MKL, OpenBLAS, cuBLAS), a float32 sum of n = d + 2 products is
-   off by at most gamma_n times the sum of their absolute values,
-   gamma_n = n u / (1 - n u), u = 2^-24: here gamma_{d+2} (2 |x||y| + s_x + s_y). The roundings
-   of s_x, s_y add u (|x|^2 + |y|^2); the canonical D differs from the real |x - y|^2 by its
-   float32 rounding (u D <= 2u (|x|^2 + |y|^2)) plus a float64 error below 2^-40 (|x|^2 + |y|^2).
-   So for query q, whether it is a row or a column of the tile (the bound is symmetric),
-   ``|A - D| <= eps_q = 1.01 [gamma_{d+2} (2 |q| m + |q|^2 + m^2) + 4u (|q|^2 + m^2)]``,
-   m = the largest norm on the other side; the 1% covers second-order terms and the float64
-   evaluation of eps_q itself. (Unit vectors, d = 512: eps ~ 1.2e-4.)
-2. *Thresholds per positive.* For positive p with canonical distance D_p, let
-   ``L_p <= D_p - eps'`` and ``U_p >= D_p + eps'`` (float32, rounded outwards,
-   eps' = eps_q (1 + 2^-8) + 2^-126 > eps_q). For a gallery item g with fast distance A:
-   A <= L_p implies D_g <= A + eps_q < D_p: g is *before* p. A >= U_p implies D_g > D_p: g is
-   *after* p. So exact ties and near-ties can only occur in between, in the *band*
-   L_p < A < U_p, where D_g is computed canonically and (D_g, g) compared with (D_p, p)
-   lexicographically: ties go to the smaller gallery index, exactly as in the search path.
-   Comparisons with L and U use an order-preserving integer image of the float32 values; it
-   differs from float comparison only in ordering -0.0 before +0.0, and "key(A) < key(L)" still
-   implies A <= L (before), "key(A) >= key(U)" still implies A >= U (after).
-3. *Counting.* The positives of q sorted by (D_p, p) are its "slots"; L and U are non-decreasing
-   along them. Positives are not counted (their order among themselves is known): the rank of
-   slot j is j + the number of *negatives* before it. For a negative with fast distance A,
-   b_L = #{slots with L <= A} and b_U = #{slots with U <= A}: it is before slots j >= b_L and
-   after slots j < b_U; for slots in [b_U, b_L) it is resolved exactly (into
-   b = #{slots with (D_p, p) < (D_g, g)}). Per query, a histogram of b and a cumulative sum give
-   the number of negatives before every slot at once.
-4. *Sparsity.* Slot j is active while j + its count (a lower bound of its rank, exact if it
-   stays active to the end) is below its limit. Counts are non-decreasing in j and limits
-   non-increasing, so the active slots are a prefix, and an item can only matter if A < U of the
-   last active slot (theta_q); theta only decreases. An item with A >= theta_q is after every
-   active slot, so an active slot misses no item before it. A slot that became inactive only has
-   a lower bound >= its limit: its rank is reported as ``RANK_BEYOND`` ("not below the limit"),
-   which is all any metric needs. Tiles are screened by the minimum of each group of 32 gallery
-   items (one reduction), only groups reaching below theta are compared entry by entry, and the
-   gallery side is taken in slices of growing width so that thresholds tighten early. Band items
-   are buffered and resolved late, and only if one of their band slots is still active (an item
-   only changes the counts of slots >= b_U; if those are all inactive it cannot change a
-   reported rank).
-5. *Same-set mode (query = gallery).* Only tiles (I, J) with I <= J are computed: tile (I, J)
-   serves the queries of chunk I (its rows) and, for I < J, those of chunk J (its columns,
-   through the transposed comparison). Every (query, item) pair is examined exactly once; the
-   query itself (same label) is never counted, so it is removed by index, not by position.
+The ordering distance is the canonical one of ``search.py`` (float64 sum of squared differences in
+index order, rounded to float32; :func:`canonical_sq_dist`). Most comparisons use a float32 GEMM
+distance with a rigorous error bound; only pairs within that bound of a positive's distance (the
+*uncertainty band*) are recomputed canonically and ordered by (distance, gallery index). Same-set
+mode computes only tiles (I, J) with I <= J. Why the counts are exact, step by step:
+docs/exact_ranks.md.
 """
 
 from __future__ import annotations
@@ -170,7 +118,7 @@ def positive_ranks(
         tile: tile side (rows = columns); default from the budget.
     """
     same_set = gallery is None
-    if same_set:
+    if gallery is None:
         gallery, gallery_labels = query, query_labels
     device = query.device
     nq, ng, d = query.shape[0], gallery.shape[0], query.shape[1]
@@ -223,9 +171,7 @@ def positive_ranks(
         raise ValueError("embedding norms are too large for float32 distance computation")
     gamma = (d + 2) * _U / (1.0 - (d + 2) * _U)
     q_norm, m_norm = q_sq.sqrt(), math.sqrt(other_max_sq)
-    eps = 1.01 * (
-        gamma * (2.0 * q_norm * m_norm + q_sq + other_max_sq) + 4.0 * _U * (q_sq + other_max_sq)
-    )
+    eps = 1.01 * (gamma * (2.0 * q_norm * m_norm + q_sq + other_max_sq) + 4.0 * _U * (q_sq + other_max_sq))
     eps_wide = (eps * (1.0 + 2.0**-8) + _SMALLEST_NORMAL).unsqueeze(1)
     lower = _round_down(dist.double() - eps_wide)
     upper = _round_up(dist.double() + eps_wide)
@@ -322,9 +268,9 @@ class _State:
     seq_upper: torch.Tensor  # [nq * m] int64 keys (row << 32) + ordered(U)
     active: torch.Tensor  # [nq] number of active slots (a prefix)
     theta: torch.Tensor  # [nq] float32: items with fast distance >= theta cannot matter
-    band_q: list  # buffered band items: query, gallery item, b_U
-    band_g: list
-    band_u: list
+    band_q: list[torch.Tensor]  # buffered band items: query, gallery item, b_U
+    band_g: list[torch.Tensor]
+    band_u: list[torch.Tensor]
     band_size: int
     band_resolved: int  # statistics: band items resolved exactly
     group_chunk: int  # candidate groups compared entry by entry at once
@@ -398,22 +344,16 @@ class _State:
                 self._take(qr + q0, gr + lo + g0, values, q0, num_q)
             start = stop
 
-    def _take(
-        self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int
-    ) -> None:
+    def _take(self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int) -> None:
         """Count selected (query, gallery item, fast distance) triples; positives are skipped."""
         # Positives are ordered among themselves already (slots); count negatives only (this
         # also removes the query itself on diagonal tiles).
-        keep = torch.nonzero(
-            self.g_lab.index_select(0, gi) != self.q_lab.index_select(0, qi)
-        ).squeeze(1)
+        keep = torch.nonzero(self.g_lab.index_select(0, gi) != self.q_lab.index_select(0, qi)).squeeze(1)
         if keep.numel():
             qi, gi = qi.index_select(0, keep), gi.index_select(0, keep)
             self._count(qi, gi, values.index_select(0, keep), q0, num_q)
 
-    def _count(
-        self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int
-    ) -> None:
+    def _count(self, qi: torch.Tensor, gi: torch.Tensor, values: torch.Tensor, q0: int, num_q: int) -> None:
         m = self.counts.shape[1]
         base = (qi - q0) * m
         key = (qi << 32) + _ordered_key(values)
@@ -590,10 +530,9 @@ def _round_up(x: torch.Tensor) -> torch.Tensor:
 class _full_float32_matmul:
     """TF32 / bf16 matmuls would void the error bound of the fast distance."""
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.previous = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:  # exceptions propagate
         torch.set_float32_matmul_precision(self.previous)
-        return False

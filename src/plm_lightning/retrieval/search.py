@@ -22,7 +22,7 @@ query at a lower index legitimately comes first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 try:
     import faiss
 except ImportError:  # faiss is optional: the torch backend is exact too
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 __all__ = ["faiss_available", "knn_search"]
 
@@ -152,13 +152,10 @@ def _check_inputs(
         raise ValueError("query and gallery must be torch tensors")
     if query.dim() != 2 or gallery.dim() != 2:
         raise ValueError(
-            f"query and gallery must be 2-D [n, dim]; got shapes {tuple(query.shape)} "
-            f"and {tuple(gallery.shape)}"
+            f"query and gallery must be 2-D [n, dim]; got shapes {tuple(query.shape)} and {tuple(gallery.shape)}"
         )
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}"
-        )
+        raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
     if query.shape[1] == 0:
         raise ValueError("embeddings must have at least one dimension")
     if query.device != gallery.device:
@@ -173,9 +170,7 @@ def _check_inputs(
     available = gallery.shape[0] - int(exclude_self)
     if k > available:
         detail = " (the query itself excluded)" if exclude_self else ""
-        raise ValueError(
-            f"k={k} exceeds the {available} gallery items available per query{detail}"
-        )
+        raise ValueError(f"k={k} exceeds the {available} gallery items available per query{detail}")
     if not memory_budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
 
@@ -213,7 +208,7 @@ def _error_bound(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _full_float32_matmul():
+def _full_float32_matmul() -> Iterator[None]:
     # TF32 / bf16 matmuls would void the rounding-error bound of the candidate step.
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -227,9 +222,7 @@ def _full_float32_matmul():
 # Candidate search (approximate float32 distances)
 
 
-def _torch_approx_search(
-    query_chunk: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor
-) -> ApproxSearch:
+def _torch_approx_search(query_chunk: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor) -> ApproxSearch:
     """Distances from a chunk of queries to the whole gallery, kept for repeated deeper top-k."""
     approx = torch.addmm(gallery_sq.unsqueeze(0), query_chunk, gallery.T, alpha=-2.0)
     approx.add_(query_chunk.square().sum(1, keepdim=True))
@@ -260,8 +253,7 @@ def _faiss_approx_search(query: torch.Tensor, gallery: torch.Tensor) -> ApproxSe
         gpu = (resources, faiss.index_cpu_to_gpu(resources, device, cpu_index))
 
     def search(rows: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-        use_gpu = gpu is not None and depth <= _FAISS_GPU_MAX_K
-        index = gpu[1] if use_gpu else cpu_index
+        index = gpu[1] if gpu is not None and depth <= _FAISS_GPU_MAX_K else cpu_index
         dist, idx = index.search(query_np[rows.numpy()], depth)
         return torch.from_numpy(dist), torch.from_numpy(idx)
 
@@ -272,9 +264,7 @@ def _faiss_approx_search(query: torch.Tensor, gallery: torch.Tensor) -> ApproxSe
 # Exact re-ranking
 
 
-def _exact_sq_dist(
-    query: torch.Tensor, gallery_t: torch.Tensor, cand: torch.Tensor
-) -> torch.Tensor:
+def _exact_sq_dist(query: torch.Tensor, gallery_t: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """Canonical squared distances ``[r, m]`` from ``query [r, d]`` to gallery items ``cand``.
 
     float64 sum of (g_j - q_j)^2 for j = 0..d-1 in this order, rounded to float32. Only

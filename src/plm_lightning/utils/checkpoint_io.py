@@ -1,4 +1,5 @@
 """Checkpoint I/O: atomic saves, and loads that never unpickle code (torch.load(weights_only=True))."""
+
 from __future__ import annotations
 
 import io
@@ -52,24 +53,34 @@ def load_checkpoint_file(path, map_location: Optional[Any] = "cpu") -> dict[str,
         # PyTorch's own message advises weights_only=False, i.e. running the file's code: never repeat that. It
         # names a blocked GLOBAL when the file calls code; other failures are bytes that are no pickle it reads.
         if "GLOBAL" in str(exc) or "global" in str(exc):
-            raise CheckpointFileError(f"refusing checkpoint {path}: it holds Python objects that need code to load; "
-                                      f"checkpoints are read as plain data only") from None
-        raise CheckpointFileError(f"cannot load checkpoint {path}: truncated, corrupt or not a torch checkpoint "
-                                  f"(not a pickle that plain-data loading reads)") from None
+            raise CheckpointFileError(
+                f"refusing checkpoint {path}: it holds Python objects that need code to load; "
+                f"checkpoints are read as plain data only"
+            ) from None
+        raise CheckpointFileError(
+            f"cannot load checkpoint {path}: truncated, corrupt or not a torch checkpoint "
+            f"(not a pickle that plain-data loading reads)"
+        ) from None
     except Exception as exc:  # truncated zip, a text file, another pickle protocol ...
-        raise CheckpointFileError(f"cannot load checkpoint {path}: truncated, corrupt or not a torch checkpoint "
-                                  f"({type(exc).__name__})") from None
+        raise CheckpointFileError(
+            f"cannot load checkpoint {path}: truncated, corrupt or not a torch checkpoint ({type(exc).__name__})"
+        ) from None
 
 
 def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """The names of the floating-point tensors of a state dict that hold NaN or inf (a diverged run's weights)."""
-    return [k for k, v in state_dict.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def require_finite(state_dict: dict[str, Any], source: str) -> None:
     """CheckpointFileError (one line) when weights hold NaN or inf: such a model embeds everything as NaN."""
     bad = non_finite_tensors(state_dict)
     if bad:
-        raise CheckpointFileError(f"{source}: {len(bad)} weight tensor{'s' if len(bad) > 1 else ''} hold NaN or inf "
-                                  f"(e.g. {bad[0]}): the run diverged; use an earlier checkpoint")
+        raise CheckpointFileError(
+            f"{source}: {len(bad)} weight tensor{'s' if len(bad) > 1 else ''} hold NaN or inf "
+            f"(e.g. {bad[0]}): the run diverged; use an earlier checkpoint"
+        )

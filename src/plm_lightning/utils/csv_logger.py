@@ -5,16 +5,17 @@ rows in place otherwise: a full disk leaves the file empty or cut in the middle 
 file when it starts. Here every save rewrites the whole file atomically (a temporary sibling, then one rename), and
 an existing ``metrics.csv`` is kept and continued (a resumed run appends to its own history).
 """
+
 from __future__ import annotations
 
 import csv
 import os
 from typing import Any
 
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.core.saving import save_hparams_to_yaml
 
 from plm_lightning.utils.io import atomic_write
 
@@ -22,7 +23,7 @@ from plm_lightning.utils.io import atomic_write
 class AtomicCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
-    def experiment(self) -> "_AtomicWriter":
+    def experiment(self) -> _AtomicWriter:
         if self._experiment is not None:
             return self._experiment
         self._fs.makedirs(self.root_dir, exist_ok=True)

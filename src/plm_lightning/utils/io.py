@@ -1,4 +1,5 @@
 """Atomic file writes: readers never see a half-written file (write to a temporary sibling, then rename)."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,17 @@ def output_target(path: str | os.PathLike) -> Path:
     except OSError as exc:  # ELOOP, EACCES on a parent, ...
         raise UnsafeOutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
-                if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a file"
+        )
         raise UnsafeOutputError(f"refusing to write {path}: it is {kind}, not a regular file")
     return target
 
