@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
@@ -14,6 +15,18 @@ from plm_lightning.analysis.plots import similarity_histograms
 from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
 from plm_lightning.models.plm_module import build_similarity
 from plm_lightning.utils.io import atomic_write_text
+
+
+def config_batches(cfg: DictConfig, emb: torch.Tensor, max_batches: Optional[int] = None) -> list[list[int]]:
+    """The nearest-neighbour batches of epoch 0 that a run of ``cfg`` would train on, from these embeddings."""
+    return nn_batches(
+        emb,
+        cfg.data.batch_size,
+        cfg.data.neighbours_per_seed,
+        seed=cfg.run.seed,
+        max_batches=max_batches,
+        backend=cfg.eval.backend,
+    )
 
 
 def estimators_from_config(cfg: DictConfig, names: Sequence[str]) -> dict[str, object]:
@@ -31,14 +44,7 @@ def run_simreport(
     max_batches: Optional[int] = None,
 ) -> dict[str, dict[str, float]]:
     emb, labels = training_features(cfg, features, ckpt)
-    batches = nn_batches(
-        emb,
-        cfg.data.batch_size,
-        cfg.data.neighbours_per_seed,
-        seed=cfg.run.seed,
-        max_batches=max_batches,
-        backend=cfg.eval.backend,
-    )
+    batches = config_batches(cfg, emb, max_batches)
     report, values = similarity_report(
         emb,
         labels,

@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.plots import plt, save_figure
-from plm_lightning.analysis.run_simreport import estimators_from_config
-from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+from plm_lightning.analysis.run_simreport import config_batches, estimators_from_config
+from plm_lightning.analysis.similarity_report import similarity_report
 from plm_lightning.config.loading import override_config
 from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold
 from plm_lightning.utils.io import atomic_write
@@ -59,14 +59,7 @@ def _quality_rows(
     embedded: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> list[dict[str, Any]]:
     emb, labels = embedded if embedded is not None else training_features(cfg, features)
-    batches = nn_batches(
-        emb,
-        cfg.data.batch_size,
-        cfg.data.neighbours_per_seed,
-        seed=cfg.run.seed,
-        max_batches=max_batches,
-        backend=cfg.eval.backend,
-    )
+    batches = config_batches(cfg, emb, max_batches)
     report, _ = similarity_report(
         emb, labels, estimators_from_config(cfg, names), batches, purity_k=cfg.data.neighbours_per_seed
     )
