@@ -16,6 +16,7 @@ from typing import Optional, Protocol
 
 import torch
 
+from plm_lightning.manifold.distances import squared_distances
 from plm_lightning.manifold.similarity import SimilarityResult
 
 
@@ -28,8 +29,7 @@ class SimilarityEstimator(Protocol):
 
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.to(torch.float64), b.to(torch.float64)
-    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
+    return squared_distances(a, b).clamp_min(0)
 
 
 @dataclass

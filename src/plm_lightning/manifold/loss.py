@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from plm_lightning.manifold.distances import squared_distances
 from plm_lightning.manifold.proxies import ProxyManifold
 from plm_lightning.manifold.similarity import SimilarityResult
 
@@ -24,12 +25,9 @@ _EPS = 1e-12
 
 
 def cdist_safe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances with a finite gradient everywhere (torch.cdist's backward is NaN at zero distance).
-    Uses ||a||^2 + ||b||^2 - 2 a.b (no n x m x d intermediate: B = 480, d = 512 would need ~0.5 GB), in float64,
-    where that expansion's cancellation for near-identical points costs ~1e-8 instead of float32's ~3e-4."""
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    d2 = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2 * a64 @ b64.T
-    return d2.clamp_min(_EPS).sqrt().to(a.dtype)
+    """Euclidean distances with a finite gradient everywhere (torch.cdist's backward is NaN at zero distance),
+    computed in float64 (distances.squared_distances)."""
+    return squared_distances(a, b).clamp_min(_EPS).sqrt().to(a.dtype)
 
 
 def point_loss(z: torch.Tensor, s: torch.Tensor, delta: float = 1.0) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from plm_lightning.manifold.distances import squared_distances
 from plm_lightning.manifold.pieces import Pieces, fit_pieces, orthonormal_basis
 
 
@@ -42,7 +43,7 @@ def piece_distances(
     # Coordinates of (y_i - a_j) in piece j's basis, without forming the n x P x d offsets.
     coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u).unsqueeze(0)
     p2 = (coef**2).sum(-1)
-    dist2 = ((y**2).sum(1)[:, None] + (a**2).sum(1)[None, :] - 2 * y @ a.T).clamp_min(0)
+    dist2 = squared_distances(y, a).clamp_min(0)
     o2 = (dist2 - p2).clamp_min(0)
     return o2.sqrt(), p2.sqrt()
 
