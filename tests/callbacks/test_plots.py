@@ -49,7 +49,7 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     # The histogram's numbers, as the callback computes them from the trained model's test embeddings.
     from plm_lightning.analysis.run_plots import pair_similarities
     from plm_lightning.models.inference import load_trained_model
-    from plm_lightning.models.plm_module import build_similarity
+    from plm_lightning.models.similarity_estimator import build_similarity
 
     model = load_trained_model(run_dir / "checkpoints" / "last.ckpt", "cpu")
     emb, labels, _ = model.embed_split(model.cfg.data, "test")

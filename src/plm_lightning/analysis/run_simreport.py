@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.plots import similarity_histograms
 from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
-from plm_lightning.models.plm_module import build_similarity
+from plm_lightning.models.similarity_estimator import build_similarity
 from plm_lightning.utils.io import atomic_write_text
 
 

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 
 from plm_lightning.callbacks.retrieval_evaluation import RetrievalEvaluation
+from plm_lightning.models.similarity_estimator import build_similarity
 
 PLOTS_DIR = "plots"
 
@@ -126,7 +127,6 @@ class RunPlots(Callback):
 
     def _similarity_histogram(self, emb: np.ndarray, lab: np.ndarray) -> None:
         from plm_lightning.analysis.run_plots import pair_similarities, same_class_histogram
-        from plm_lightning.models.plm_module import build_similarity
 
         cfg = self.cfg
         name = cfg.method.similarity

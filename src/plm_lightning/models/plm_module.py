@@ -12,54 +12,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.data.sampler import neighbour_table
 from plm_lightning.data.transforms import flatten_views
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
-from plm_lightning.manifold.estimators import build_estimator
 from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
-
-
-def derived_method_values(cfg: DictConfig) -> dict[str, int]:
-    """Method knobs whose default depends on other knobs (docs/method.md: M = 2k, q = k)."""
-    k = cfg.data.neighbours_per_seed
-    me = cfg.method
-
-    def default(value, fallback):
-        return value if value is not None else fallback
-
-    return {
-        "max_candidates": default(me.max_candidates, 2 * k),
-        "proxy_neighbours": default(me.proxy_neighbours, k),
-        "knn_k": default(me.knn_k, k),
-        "kmeans_clusters": default(me.kmeans_clusters, cfg.data.batch_size // k),
-    }
-
-
-def build_similarity(cfg: DictConfig, name: str | None = None):
-    """The similarity estimator that ``method.similarity`` (or ``name``) and the ablation knobs describe."""
-    me = cfg.method
-    d = derived_method_values(cfg)
-    return build_estimator(
-        name or me.similarity,
-        n_alpha=me.n_alpha,
-        n_beta=me.n_beta,
-        piece_dim=me.piece_dim,
-        max_candidates=d["max_candidates"],
-        tau=me.tau,
-        subset_selection=me.subset_selection,
-        gaussian_sigma=me.gaussian_sigma,
-        knn_k=d["knn_k"],
-        kmeans_clusters=d["kmeans_clusters"],
-        seed=cfg.run.seed,
-        binary_threshold=me.binary_threshold,
-        symmetrize=me.symmetrize,
-        greedy_test=me.greedy_test,
-        distance_scale=me.distance_scale,
-    )
+from plm_lightning.models.similarity_estimator import build_similarity, derived_method_values
 
 
 class PLMModule(EmbeddingModule):
