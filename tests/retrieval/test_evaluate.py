@@ -148,3 +148,18 @@ def test_format_recall_table():
     # Fixed width: each value ends under the end of its name.
     assert len(header) == len(row)
     assert header.index("MAP@R") + len("MAP@R") == row.index("100.00") + len("100.00")
+
+
+def test_evaluate_split_follows_the_splits_protocol():
+    """No query mask: same-set; a mask: its rows query the rest of the split (In-Shop), as the two functions do."""
+    from plm_lightning.retrieval import evaluate_query_gallery, evaluate_split
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g)
+    labels = torch.arange(40) % 8
+    ks = [1, 2, 4]
+    assert evaluate_split(x, labels, ks, compute_nmi=False) == evaluate_embeddings(x, labels, ks, compute_nmi=False)
+    query = torch.arange(40) % 3 == 0
+    expected = evaluate_query_gallery(x[query], labels[query], x[~query], labels[~query], ks, compute_nmi=False)
+    got = evaluate_split(x, labels, ks, query_mask=query.numpy(), compute_nmi=False)
+    assert got == expected and got != evaluate_embeddings(x, labels, ks, compute_nmi=False)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
-from plm_lightning.retrieval import evaluate_embeddings, evaluate_query_gallery, format_recall_table
+from plm_lightning.retrieval import evaluate_split, format_recall_table
 from plm_lightning.utils.io import atomic_write_text, json_safe
 
 
@@ -91,14 +91,8 @@ class RetrievalEvaluation(Callback):
             # tiles are bounded by eval.memory_budget_mb.
             device = pl_module.device if self.on_device else torch.device("cpu")
             emb, lab = emb.to(device), lab.cpu()
-            query = getattr(trainer.datamodule.test_set, "query_mask", None)
-            if query is None:  # the standard protocol: every test item queries all the others
-                metrics = evaluate_embeddings(emb, lab, self.ks, **self.options)
-            else:  # separate query and gallery sets (In-Shop): the rest of the test split is the gallery
-                query = torch.as_tensor(query, dtype=torch.bool)
-                metrics = evaluate_query_gallery(
-                    emb[query], lab[query], emb[~query], lab[~query], self.ks, **self.options
-                )
+            query = getattr(trainer.datamodule.test_set, "query_mask", None)  # In-Shop: query -> gallery
+            metrics = evaluate_split(emb, lab, self.ks, query_mask=query, **self.options)
         # One computation, the same numbers on every rank.
         return trainer.strategy.broadcast(metrics, src=0)
 

@@ -352,7 +352,6 @@ def evaluate_checkpoint(
 
     from plm_lightning.analysis.features import build_module
     from plm_lightning.models.embedding_pass import embed_loader
-    from plm_lightning.retrieval import evaluate_embeddings
     from plm_lightning.utils.checkpoint_io import load_checkpoint_file, require_finite
 
     state: dict[str, Any] = load_checkpoint_file(ckpt)  # ValueError (one line) if it needs unpickling
@@ -389,16 +388,15 @@ def evaluate_checkpoint(
     )
     query = getattr(datamodule.test_set, "query_mask", None) if split == "test" else None
     if query is not None:  # In-Shop: query images search the gallery, as in training-time evaluation
-        from plm_lightning.retrieval import evaluate_query_gallery
-
         query = torch.as_tensor(query, dtype=torch.bool)
         _check_ks_fit(ks, int((~query).sum()), "gallery items")
         message = no_match_note(lab[query].numpy(), lab[~query].numpy())
-        metrics = evaluate_query_gallery(emb[query], lab[query], emb[~query], lab[~query], ks, **options)
     else:
         _check_ks_fit(ks, emb.shape[0] - 1, f"other items of the {split} split")
         message = singleton_note(lab.numpy())
-        metrics = evaluate_embeddings(emb, lab, ks, **options)
+    from plm_lightning.retrieval import evaluate_split
+
+    metrics = evaluate_split(emb, lab, ks, query_mask=query, **options)
     if message:
         note(message)
     return metrics

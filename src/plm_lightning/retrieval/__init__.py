@@ -3,7 +3,7 @@
 Independent of Lightning: plain torch (faiss optional).
 """
 
-from .evaluate import evaluate_embeddings, evaluate_query_gallery, format_recall_table
+from .evaluate import evaluate_embeddings, evaluate_query_gallery, evaluate_split, format_recall_table
 from .metrics import map_at_r, nmi, r_precision, recall_at_k
 from .ranks import PositiveRanks, positive_ranks
 from .search import faiss_available, knn_search
@@ -11,6 +11,7 @@ from .search import faiss_available, knn_search
 __all__ = [
     "evaluate_embeddings",
     "evaluate_query_gallery",
+    "evaluate_split",
     "faiss_available",
     "format_recall_table",
     "knn_search",

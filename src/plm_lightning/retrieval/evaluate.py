@@ -15,6 +15,7 @@ faiss search. Both order neighbours by (canonical float32 distance, gallery inde
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from .metrics import (
 from .ranks import PositiveRanks, positive_ranks
 from .search import _resolve_backend, knn_search
 
-__all__ = ["evaluate_embeddings", "evaluate_query_gallery", "format_recall_table"]
+__all__ = ["evaluate_embeddings", "evaluate_query_gallery", "evaluate_split", "format_recall_table"]
 
 _ENGINES = ("auto", "ranks", "search")
 
@@ -183,6 +184,27 @@ def evaluate_query_gallery(
     if compute_nmi:
         metrics["NMI"] = nmi(query, query_labels, seed=seed)
     return metrics
+
+
+def evaluate_split(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    query_mask: torch.Tensor | None = None,
+    **options: Any,
+) -> dict[str, float]:
+    """A test split's metrics under its protocol: every item queries all the others (same-set), or, for a split
+    with a query mask (In-Shop), the rows of the mask query the rest of the split (the gallery). ``options`` are
+    those of :func:`evaluate_embeddings`. The one entry point of training-time and checkpoint evaluation."""
+    if query_mask is None:
+        return evaluate_embeddings(embeddings, labels, ks, **options)
+    query = torch.as_tensor(query_mask, dtype=torch.bool, device=embeddings.device)
+    labels = torch.as_tensor(labels)
+    cpu_query = query.cpu()
+    return evaluate_query_gallery(
+        embeddings[query], labels[cpu_query], embeddings[~query], labels[~cpu_query], ks, **options
+    )
 
 
 def format_recall_table(metrics: dict[str, float]) -> str:
