@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from plm_lightning import run_directory
 from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor, StopAfterEpochs
-from plm_lightning.callbacks.plots import RunPlots
+from plm_lightning.callbacks.run_plots import RunPlots
 from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from plm_lightning.callbacks.throughput import Throughput
 from plm_lightning.config.loading import to_yaml

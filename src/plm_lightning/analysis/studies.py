@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
-from plm_lightning.analysis.plots import plt, save_figure
+from plm_lightning.analysis.figures import plt, save_figure
 from plm_lightning.analysis.run_simreport import config_batches, estimators_from_config
 from plm_lightning.analysis.similarity_report import similarity_report
 from plm_lightning.config.loading import override_config

@@ -1,4 +1,5 @@
-"""Plots that people look at (PNG files; the same figures go to W&B where a run logs there)."""
+"""Figures people look at: the matplotlib setup (headless), atomic PNG saving, and the similarity histograms of the
+similarity report. The figures of a run are in run_figures.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 histograms, and a 2-D projection of the test embeddings.
 
 Pure matplotlib (Agg) on arrays: every function takes numbers or images and returns a figure; ``save_figure``
-writes it atomically. The callback (callbacks/plots.py), plm-search and the notebooks draw through here.
+writes it atomically. The callback (callbacks/run_plots.py), plm-search and the notebooks draw through here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from plm_lightning.analysis.plots import plt, save_figure
+from plm_lightning.analysis.figures import plt, save_figure
 
 __all__ = [
     "embedding_projection",

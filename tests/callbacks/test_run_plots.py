@@ -47,7 +47,7 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     assert {"recall", "retrieval", "similarity", "embeddings"} <= logged, logged
 
     # The histogram's numbers, as the callback computes them from the trained model's test embeddings.
-    from plm_lightning.analysis.run_plots import pair_similarities
+    from plm_lightning.analysis.run_figures import pair_similarities
     from plm_lightning.models.inference import load_trained_model
     from plm_lightning.models.similarity_estimator import build_similarity
 
@@ -91,7 +91,7 @@ def test_vector_data_gets_no_retrieval_grid(tmp_path):
 
 @pytest.mark.parametrize("on", [True, False])
 def test_eval_plots_switches_the_callback(tmp_path, on):
-    from plm_lightning.callbacks.plots import RunPlots
+    from plm_lightning.callbacks.run_plots import RunPlots
     from plm_lightning.config import load_config
     from plm_lightning.experiment import build
 

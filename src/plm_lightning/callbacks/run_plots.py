@@ -68,14 +68,14 @@ class RunPlots(Callback):
 
     # --- figures -------------------------------------------------------------------------------------------------
     def _save(self, name: str, fig) -> None:
-        from plm_lightning.analysis.run_plots import save_figure
+        from plm_lightning.analysis.run_figures import save_figure
 
         path = self.out / f"{name}.png"
         save_figure(fig, path)
         self.written[name] = path
 
     def _recall(self) -> None:
-        from plm_lightning.analysis.run_plots import recall_curve
+        from plm_lightning.analysis.run_figures import recall_curve
 
         self._save("recall", recall_curve(self.evaluation.history, self.evaluation.ks, self.evaluation.initial))
         self._drawn = len(self.evaluation.history)
@@ -98,7 +98,7 @@ class RunPlots(Callback):
         return emb.cpu().numpy(), lab.cpu().numpy()
 
     def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_plots import (
+        from plm_lightning.analysis.run_figures import (
             embedding_projection,
             nearest_excluding_self,
             query_choice,
@@ -126,7 +126,7 @@ class RunPlots(Callback):
         self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
 
     def _similarity_histogram(self, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_plots import pair_similarities, same_class_histogram
+        from plm_lightning.analysis.run_figures import pair_similarities, same_class_histogram
 
         cfg = self.cfg
         name = cfg.method.similarity
