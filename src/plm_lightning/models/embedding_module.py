@@ -93,9 +93,12 @@ class EmbeddingModule(L.LightningModule):
             sampler.set_epoch(self._resume_state["sampler_epoch"])
 
     def require_finite(self, **tensors: torch.Tensor) -> None:
-        """TrainingDiverged if any of the named tensors holds NaN or inf."""
-        for name, value in tensors.items():
-            if not bool(torch.isfinite(value).all()):
+        """TrainingDiverged if any of the named tensors holds NaN or inf (the first such, in argument order).
+
+        Called on every training step: one device-to-host read for all the tensors together, not one each."""
+        finite = torch.stack([torch.isfinite(value).all() for value in tensors.values()]).cpu()
+        for name, ok in zip(tensors, finite.tolist()):
+            if not ok:
                 raise TrainingDiverged(
                     f"training diverged: NaN or inf in the {name} at step {self.global_step} (epoch "
                     f"{self.current_epoch}); lower optim.lr (now {self.cfg.optim.lr:g}) or set "
