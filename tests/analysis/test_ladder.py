@@ -4,15 +4,11 @@ that backbone, and the table, CSV, JSON and plots whose numbers are the runs' ow
 import csv
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
+from runner import run_cli
 
 from plm_lightning.analysis.ladder import LADDER, goal_checks, markdown_table, summarise
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from runner import run_cli  # noqa: E402
 
 TINY = [
     "data.glyphs.classes=4",

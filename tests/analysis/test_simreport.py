@@ -1,22 +1,13 @@
 """plm-simreport on the embedded digits: JSON for every estimator, a PNG, and clear errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from runner import run_cli
 
 
 def run(*args):
-    env = dict(os.environ, WANDB_MODE="offline")
-    return subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.simreport", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return run_cli("simreport", *args, timeout=300, env_extra={"WANDB_MODE": "offline"})
 
 
 @pytest.mark.parametrize("features", ["raw", "initial"])
@@ -34,22 +25,16 @@ def test_report_for_all_estimators(tmp_path, features):
 
 
 def test_checkpoint_features_from_a_trained_run(tmp_path):
-    fit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "digits.yaml",
-            f"run.dir={tmp_path / 'run'}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "eval.before_training=false",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, WANDB_MODE="offline"),
+    fit = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"run.dir={tmp_path / 'run'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "eval.before_training=false",
         timeout=300,
+        env_extra={"WANDB_MODE": "offline"},
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
     out = tmp_path / "r.json"

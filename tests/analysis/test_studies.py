@@ -2,10 +2,9 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import pytest
+from runner import run_cli
 
 from plm_lightning.analysis.studies import cost_study, curvature_study, proxies_study, sensitivity_study, with_overrides
 from plm_lightning.config import load_config
@@ -91,30 +90,26 @@ def test_proxies_study_trains_for_real(synthetic_cfg, tmp_path):
 @pytest.mark.slow
 def test_plm_study_cli(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.study",
-            "curvature",
-            "--config",
-            "synthetic.yaml",
-            f"run.dir={tmp_path / 'curv'}",
-            "data.synthetic.num_classes=6",
-            "--max-batches",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "study",
+        "curvature",
+        "--config",
+        "synthetic.yaml",
+        f"run.dir={tmp_path / 'curv'}",
+        "data.synthetic.num_classes=6",
+        "--max-batches",
+        "3",
         env=env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "curv" / "curvature.csv").is_file() and (tmp_path / "curv" / "curvature.png").is_file()
-    bad = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.study", "proxies", "--config", "synthetic.yaml", "method.tauu=1"],
-        capture_output=True,
-        text=True,
+    bad = run_cli(
+        "study",
+        "proxies",
+        "--config",
+        "synthetic.yaml",
+        "method.tauu=1",
         env=env,
         timeout=120,
     )

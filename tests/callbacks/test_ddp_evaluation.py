@@ -8,11 +8,10 @@ hence a subprocess running the real entry point module.
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
+from runner import run_cli
 
 ODD_SPLIT = ["data.synthetic.num_classes=6", "data.synthetic.points_per_class=101"]  # test: 3 classes x 101 = 303
 TEST_SIZE = 303
@@ -24,22 +23,16 @@ def run_fit(run_dir, *args):
     env.pop("PLM_RUN_DIR", None)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "synthetic.yaml",
-            *ODD_SPLIT,
-            "run.seed=3",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            f"run.dir={run_dir}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "synthetic.yaml",
+        *ODD_SPLIT,
+        "run.seed=3",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        f"run.dir={run_dir}",
+        *args,
         env=env,
         cwd=run_dir.parent,
         timeout=300,

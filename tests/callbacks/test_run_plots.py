@@ -2,11 +2,10 @@
 images in the offline W&B run; the similarity histogram has pairs of both kinds."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from runner import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("recall", "retrieval_grid", "similarity_hist", "embeddings_pca")
@@ -17,23 +16,17 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "digits.yaml",
-            f"run.dir={run_dir}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3",
-            "method.num_proxies=10",
-            "logger.wandb=true",
-            "logger.csv=false",
-            "trainer.enable_progress_bar=false",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "method.num_proxies=10",
+        "logger.wandb=true",
+        "logger.csv=false",
+        "trainer.enable_progress_bar=false",
         env=env,
         timeout=300,
     )
@@ -66,21 +59,15 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
 def test_vector_data_gets_no_retrieval_grid(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="disabled")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "synthetic.yaml",
-            f"run.dir={run_dir}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "logger.csv=false",
-            "trainer.enable_progress_bar=false",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "synthetic.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "logger.csv=false",
+        "trainer.enable_progress_bar=false",
         env=env,
         timeout=300,
     )

@@ -4,12 +4,11 @@ library underneath."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from runner import run_cli
 
 from plm_lightning.retrieval.index import ExportedIndex, build_index, search_index, write_export
 
@@ -21,13 +20,7 @@ def _env():
 
 
 def run(module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", f"plm_lightning.cli.{module}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
+    return run_cli(module, *args, timeout=300, env=_env())
 
 
 def call_main(capsys, main, *args):

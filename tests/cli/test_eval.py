@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from runner import run_cli
 
 from plm_lightning.retrieval import evaluate_embeddings
 
@@ -24,14 +25,7 @@ def _env():
 
 
 def run_eval(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.eval", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli("eval", *args, cwd=cwd, timeout=300, env=_env())
 
 
 def call_main(capsys, *args):
@@ -46,14 +40,7 @@ def call_main(capsys, *args):
 
 
 def run_fit(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli("fit", *args, cwd=cwd, timeout=300, env=_env())
 
 
 def one_error_line(result):

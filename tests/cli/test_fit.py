@@ -2,28 +2,16 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from runner import run_cli
 
 METRIC_KEYS = {"R@1", "R@2", "R@4", "R@8", "MAP@R", "R-precision", "NMI"}
 
 
 def run_fit(*args, cwd=None, env_extra=None):
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    env.pop("WANDB_API_KEY", None)
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli("fit", *args, cwd=cwd, timeout=300, env_extra={"WANDB_MODE": "offline", **(env_extra or {})})
 
 
 def test_unknown_key_exits_2_with_one_line_naming_the_key(tmp_path):

@@ -4,19 +4,14 @@ run ends (deterministic mode, CPU): the same metrics history and the same studen
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from runner import run_cli
 
 
 def run_fit(*args):
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    return run_cli("fit", *args, timeout=300, env_extra={"WANDB_MODE": "offline"})
 
 
 COMMON = [

@@ -11,9 +11,8 @@ import pytest
 
 from plm_lightning.config import ConfigError, load_config
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from runner import run_cli  # noqa: E402
+from runner import run_cli
 from trees import make_cars_tree, make_cub_tree, make_folder_tree, make_inshop_tree, make_sop_tree  # noqa: E402
 
 CONFIGS = Path(str(resources.files("plm_lightning") / "configs"))

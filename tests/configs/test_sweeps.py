@@ -1,14 +1,12 @@
 """W&B sweep files: every parameter is a config key, and plm-fit accepts the agent's exact argument format."""
 
 import json
-import os
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
+from runner import run_cli
 
 from plm_lightning.config import load_config
 
@@ -53,16 +51,13 @@ def test_sweep_format_and_every_value_is_a_valid_config(path):
 def test_agent_formatted_arguments_reach_the_config(path, tmp_path):
     sweep = yaml.safe_load(path.read_text())
     combo = {name: sample_values(spec)[-1] for name, spec in sweep["parameters"].items()}
-    command = [
-        sys.executable,
-        "-m",
-        "plm_lightning.cli.fit",
+    result = run_cli(
+        "fit",
         *sweep["command"][sweep["command"].index("--config") : -1],
         *agent_args(combo),
         "--print-config",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env=dict(os.environ, WANDB_MODE="disabled")
+        timeout=120,
+        env_extra={"WANDB_MODE": "disabled"},
     )
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
@@ -78,18 +73,15 @@ def test_a_sweep_run_trains_with_agent_arguments(tmp_path):
     sweep = yaml.safe_load(SWEEPS[0].read_text())
     combo = {name: sample_values(spec)[0] for name, spec in sweep["parameters"].items()}
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "plm_lightning.cli.fit",
+    result = run_cli(
+        "fit",
         *sweep["command"][sweep["command"].index("--config") : -1],
         *agent_args(combo),
         f"--run.dir={run_dir}",
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env=dict(os.environ, WANDB_MODE="offline")
+        timeout=300,
+        env_extra={"WANDB_MODE": "offline"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -6,11 +6,10 @@ import json
 import math
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
+from runner import run_cli
 
 from plm_lightning.config import load_config
 from plm_lightning.config.schema import DataConfig, SyntheticConfig
@@ -147,20 +146,14 @@ def test_fit_on_synthetic_writes_metrics(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "synthetic.yaml",
-            f"run.dir={run_dir}",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=4",
-            "trainer.enable_progress_bar=false",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "synthetic.yaml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "trainer.enable_progress_bar=false",
         env=env,
         timeout=300,
     )

@@ -10,10 +10,10 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from runner import run_cli
 
 TINY = [
     "trainer.max_steps=2",
@@ -38,15 +38,8 @@ def env() -> dict:
     return e
 
 
-def run(cli: str, *args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"plm_lightning.cli.{cli}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=timeout,
-        **kwargs,
-    )
+def run(cli: str, *args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    return run_cli(cli, *args, timeout=timeout, cwd=cwd, env=env())
 
 
 def error_line(result: subprocess.CompletedProcess, prog: str, code: int = 2) -> str:

@@ -3,13 +3,12 @@
 import os
 import resource
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import PAUSED, TINY, env, error_line, run, snapshot
 from omegaconf import OmegaConf
+from runner import run_cli
 
 
 def test_empty_checkpoint_everywhere(old_run, tmp_path):
@@ -93,19 +92,13 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_files(paused_run):
     size = (paused_run / "checkpoints" / "last.ckpt").stat().st_size
     before = snapshot(paused_run)
     metrics_csv = (paused_run / "logs" / "metrics.csv").read_text()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "digits.yaml",
-            f"run.dir={paused_run}",
-            *PAUSED,
-            "resume=auto",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"run.dir={paused_run}",
+        *PAUSED,
+        "resume=auto",
         env=env(),
         timeout=300,
         preexec_fn=_limit_file_size(size // 2),

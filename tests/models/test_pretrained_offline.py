@@ -2,9 +2,9 @@
 training starts, and quickly (the download fails fast instead of hanging)."""
 
 import os
-import subprocess
-import sys
 import time
+
+from runner import run_cli
 
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: connections are refused at once
 
@@ -18,20 +18,14 @@ def test_plm_fit_offline_exits_2_with_one_line(tmp_path):
     env.pop("PLM_RUN_DIR", None)
     run_dir = tmp_path / "run"
     start = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.fit",
-            "--config",
-            "digits.yaml",
-            f"model.backbone={backbone}",
-            "model.pretrained=true",
-            "data.image_size=64",
-            f"run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        f"model.backbone={backbone}",
+        "model.pretrained=true",
+        "data.image_size=64",
+        f"run.dir={run_dir}",
         env=env,
         timeout=120,
     )

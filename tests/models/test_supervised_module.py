@@ -3,19 +3,15 @@ follow the training classes, it trains through plm-fit with random batches, and 
 
 import csv
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from runner import run_cli
 
 from plm_lightning.config import load_config
 from plm_lightning.data.sampler import RandomBatchSampler
 from plm_lightning.models.supervised_module import SupervisedModule
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from runner import run_cli  # noqa: E402
 
 
 def make(class_ids=(0, 1, 2, 3, 4), **overrides):

@@ -1,18 +1,15 @@
 """model.weights=PATH: the backbone starts from a local file (a plm-fit checkpoint, a state_dict, or the published
 file of the backbone's pretrained weights); a file that does not fit stops the run with one line."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from runner import run_cli
 
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import build_embedder
 from plm_lightning.models.weights import WeightsFileError, load_backbone_weights
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from runner import run_cli  # noqa: E402
 
 
 def small(width=8, seed=0):

@@ -4,12 +4,11 @@ receives SIGUSR1, checkpoints, requeues itself and resumes. Each test prints its
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from runner import run_cli
 
 # Small digits runs (as in tests/cli/test_resume.py): deterministic, in-process data loading (data.num_workers=0).
 KNOBS = [
@@ -29,23 +28,17 @@ def _env(cluster, wandb_mode="disabled"):
 
 
 def submit(cluster, run_dir, *args, wandb_mode="disabled"):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "plm_lightning.cli.slurm",
-            "--config",
-            "digits.yaml",
-            "--nodes",
-            "1",
-            "--time",
-            "00:15:00",
-            *args,
-            *KNOBS,
-            f"run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "slurm",
+        "--config",
+        "digits.yaml",
+        "--nodes",
+        "1",
+        "--time",
+        "00:15:00",
+        *args,
+        *KNOBS,
+        f"run.dir={run_dir}",
         env=_env(cluster, wandb_mode),
         cwd=run_dir.parent,
         timeout=60,
@@ -62,10 +55,13 @@ def run_fit(run_dir, *args):
         k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("WANDB_API_KEY", "PLM_RUN_DIR")
     }
     env.update(WANDB_MODE="disabled", WANDB_SILENT="true")
-    result = subprocess.run(
-        [sys.executable, "-m", "plm_lightning.cli.fit", "--config", "digits.yaml", *KNOBS, *args, f"run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "fit",
+        "--config",
+        "digits.yaml",
+        *KNOBS,
+        *args,
+        f"run.dir={run_dir}",
         env=env,
         timeout=300,
     )
