@@ -97,3 +97,20 @@ def test_goal_checks_and_table_follow_the_numbers():
     assert checks["PLM's final R@1 within 1 of its best"]["holds"]
     table = markdown_table(list(rows.values()), list(checks.values()), "# t")
     assert "| PLM | 65.00 ± 1.41 |" in table and "| PLM > no proxies | +0.50 | 1.41 | **no** |" in table
+
+
+def test_only_selects_rungs_by_name_or_slug_and_names_an_unknown_one(tmp_path, capsys):
+    from argparse import Namespace
+
+    from plm_lightning.analysis.ladder import KNOBS
+    from plm_lightning.cli.study import _selected_rungs, main
+
+    rungs, error = _selected_rungs(Namespace(rungs="knobs", only="proxy-lr-1e-2, PLM,proxy lr 1e-2"))
+    assert error is None and [r.name for r in rungs] == ["proxy lr 1e-2", "PLM"]  # order kept, repeats dropped
+    assert _selected_rungs(Namespace(rungs="knobs", only=None)) == (KNOBS, None)
+
+    out = tmp_path / "ladder"
+    rc = main(["ladder", "--config", "glyphs.yaml", "--only", "PLM,nope", f"run.dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no rung named 'nope'" in err[0] and "'no proxies'" in err[0]
+    assert not out.exists()  # refused before anything was written

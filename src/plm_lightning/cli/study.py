@@ -55,17 +55,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="ladder: the ablation ladder, or 'knobs' (one [ours] training default changed at a "
         "time; written as knobs.md etc. beside the ladder's files)",
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="RUNG[,RUNG...]",
+        help="ladder: run only these rungs of the set, by name or folder slug (e.g. 'PLM,no proxies')",
+    )
     args, overrides = parser.parse_known_args(argv)
     cfg = config_or_none("plm-study", args.config, overrides)
     if cfg is None:
         return 2
     from plm_lightning.analysis.studies import STUDIES
 
+    rungs = None
+    if args.study == "ladder":
+        rungs, error = _selected_rungs(args)
+        if error is not None:
+            return fail("plm-study", error)
     out = Path(cfg.run.dir or f"runs/study-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.study == "ladder":
-        return _ladder(cfg, args, out)
+        return _ladder(cfg, args, out, rungs)
     kwargs = {"max_batches": args.max_batches} if args.study in ("curvature", "sensitivity") else {}
     rows = STUDIES[args.study](cfg, out, **kwargs)
     print(
@@ -77,8 +88,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _ladder(cfg, args, out: Path) -> int:
-    from plm_lightning.analysis.ladder import RUNG_SETS, ladder_study, pretrain_config_for
+def _selected_rungs(args):
+    """The rungs ``--rungs`` / ``--only`` ask for, or the one-line error that says which name is unknown."""
+    from plm_lightning.analysis.ladder import RUNG_SETS
+
+    rungs = RUNG_SETS[args.rungs]
+    if args.only is not None:
+        by_key = {key: r for r in rungs for key in (r.name.lower(), r.slug)}
+        wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+        unknown = [w for w in wanted if w not in by_key]
+        if unknown or not wanted:
+            names = ", ".join(repr(r.name) for r in rungs)
+            return None, (
+                f"--only {args.only!r}: no rung named {unknown[0] if unknown else ''!r}; "
+                f"the {args.rungs} rungs are {names}"
+            )
+        rungs = tuple(dict.fromkeys(by_key[w] for w in wanted))
+    return rungs, None
+
+
+def _ladder(cfg, args, out: Path, rungs) -> int:
+    from plm_lightning.analysis.ladder import ladder_study, pretrain_config_for
 
     pretrain_cfg = None
     if args.pretrain != "none" and cfg.model.weights is None:
@@ -88,9 +118,7 @@ def _ladder(cfg, args, out: Path) -> int:
             if pretrain_cfg is None:
                 return 2
     try:
-        ladder_study(
-            cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg, rungs=RUNG_SETS[args.rungs], name=args.rungs
-        )
+        ladder_study(cfg, out, seeds=args.seeds, pretrain_cfg=pretrain_cfg, rungs=rungs, name=args.rungs)
     except Exception as exc:
         from plm_lightning.config import ConfigError
         from plm_lightning.data.base import DatasetError
