@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from plm_lightning import run_directory
 from plm_lightning.callbacks import RetrievalEvaluation, SimilarityQualityMonitor, StopAfterEpochs
+from plm_lightning.callbacks.model_summary import ParameterSummary
 from plm_lightning.callbacks.run_plots import RunPlots
 from plm_lightning.callbacks.slurm_requeue import SlurmRequeue
 from plm_lightning.callbacks.throughput import Throughput
@@ -31,6 +32,7 @@ from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.utils.checkpoint_io import SafeCheckpointIO
 from plm_lightning.utils.csv_logger import AtomicCSVLogger
 from plm_lightning.utils.io import atomic_write_text
+from plm_lightning.utils.lightning_noise import quiet_lightning_noise
 
 # Child processes of Lightning's DDP launcher re-execute the command line; they find the run directory that the
 # parent chose here instead of inventing their own timestamp.
@@ -106,6 +108,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     run_dir = resolve_run_dir(cfg)
     # The EMA teacher is in eval mode on purpose (its batch norm uses averaged statistics).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    quiet_lightning_noise()
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     module, datamodule = build_model(cfg)
     evaluation = RetrievalEvaluation(
@@ -146,6 +149,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     )
     loggers = build_loggers(cfg, run_dir)
     callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint, last]
+    callbacks.append(ParameterSummary())  # Lightning's, less a FLOPs column it never counts for our modules
     callbacks.append(Throughput())  # train/images_per_sec, train/data_wait_fraction: is loading the bottleneck?
     if cfg.eval.plots:  # after the evaluation callback: it draws from what that one computed
         callbacks.insert(1, RunPlots(cfg, evaluation, str(run_dir)))
@@ -162,6 +166,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     world = t.devices * t.num_nodes
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
+        enable_model_summary=False,  # ParameterSummary in the callbacks prints it
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         accelerator=t.accelerator,
@@ -227,4 +232,28 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                 signal.SIGTERM if getattr(trainer, "received_sigterm", False) else signal.SIGINT
             ) from None
         raise
-    return evaluation.summary()
+    summary = evaluation.summary()
+    if trainer.is_global_zero:
+        print("\n".join(closing_lines(summary, run_dir)), flush=True)
+    return summary
+
+
+def closing_lines(summary: dict[str, Any], run_dir: Path) -> list[str]:
+    """What a run ends with: how training changed the headline metrics, and where its results are."""
+    lines = []
+    initial, final = summary.get("initial"), summary.get("final")
+    if initial and final:
+        changes = [
+            f"{key} {initial[key]:.2f} -> {final[key]:.2f} ({final[key] - initial[key]:+.2f})"
+            for key in ("R@1", "MAP@R")
+            if key in initial and key in final
+        ]
+        if changes:
+            lines.append("training changed " + ", ".join(changes) + " (final epoch against before training)")
+    kept = [
+        name + ("/" if (run_dir / name).is_dir() else "")
+        for name in ("metrics.json", "config.yaml", "checkpoints", "plots", "logs")
+        if (run_dir / name).exists()
+    ]
+    lines.append(f"results in {run_dir}: {', '.join(kept)}")
+    return lines

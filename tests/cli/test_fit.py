@@ -42,6 +42,14 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
         "method.num_proxies=10",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The run ends by saying how training changed the headline metrics and where its results are.
+    assert f"results in {run_dir}: metrics.json, config.yaml, checkpoints/" in result.stdout
+    assert "training changed R@1 " in result.stdout
+    # Lightning's noise that is not the user's to act on is gone; its parameter summary stays.
+    printed = result.stdout + result.stderr
+    assert "Trainable params" in printed
+    for noise in ("LeafSpec", "litlogger", "Total Flops", "FLOPs", "`srun` command is available"):
+        assert noise not in printed, noise
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for part in ("initial", "final", "best"):
@@ -115,3 +123,16 @@ def test_reduced_precision_trains_on_cpu(tmp_path, precision):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["final"]["R@1"] <= 100
+
+
+def test_print_config_needs_no_dataset_on_disk_but_a_run_does(tmp_path, capsys, monkeypatch):
+    from plm_lightning.cli.fit import main
+
+    monkeypatch.delenv("PLM_DATA", raising=False)
+    assert main(["--config", "cub_googlenet.yaml", "--print-config"]) == 0
+    assert "name: cub" in capsys.readouterr().out
+    missing = tmp_path / "no-cub-here"
+    assert main(["--config", "cub_googlenet.yaml", f"data.root={missing}", f"run.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.root" in err[0] and "does not exist" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -15,10 +15,10 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def config_or_none(prog: str, config: str, overrides: Sequence[str]) -> DictConfig | None:
+def config_or_none(prog: str, config: str, overrides: Sequence[str], check_data: bool = True) -> DictConfig | None:
     """The validated config, or None after printing the one-line error (callers return 2)."""
     try:
-        return load_config(config, overrides)
+        return load_config(config, overrides, check_data=check_data)
     except ConfigError as exc:
         fail(prog, str(exc))
         return None

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
-    cfg = config_or_none("plm-fit", args.config, overrides)
+    # Printing a config needs no data on disk; the dataset folder is checked when a run starts.
+    cfg = config_or_none("plm-fit", args.config, overrides, check_data=not args.print_config)
     if cfg is None:
         return 2
     if args.print_config:

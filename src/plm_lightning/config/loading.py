@@ -154,8 +154,11 @@ def override_config(
     return merged
 
 
-def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML file <- overrides, then validated. Raises ConfigError."""
+def load_config(config: str | None = None, overrides: Sequence[str] = (), check_data: bool = True) -> DictConfig:
+    """Schema defaults <- YAML file <- overrides, then validated. Raises ConfigError.
+
+    ``check_data=False`` skips the checks of the dataset folder on disk (for printing a config before the data are
+    there); everything else is validated."""
     cfg = OmegaConf.structured(Config)
     if config is not None:
         path = resolve_config_path(config)
@@ -177,7 +180,7 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Dic
         cfg = _merge_dotlist(cfg, dotlist, "on the command line")
     from plm_lightning.config.validation import validate_config  # late: it imports the registries
 
-    validate_config(cfg)
+    validate_config(cfg, check_data=check_data)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

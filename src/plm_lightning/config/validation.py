@@ -94,7 +94,7 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     for key, value in _numbers(cfg):  # inf / nan pass every "> 0" check below; no knob means them
         _require(math.isfinite(value), key, value, "must be a finite number")
     for key, allowed in CHOICES.items():
@@ -217,7 +217,7 @@ def validate_config(cfg: DictConfig) -> None:
             validate_glyphs_config(cfg.data.glyphs)
         except ValueError as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
-    if dataset.needs_root:
+    if dataset.needs_root and check_data:  # not for printing a config: that needs no data on disk
         _check_data_root(cfg, dataset)
     for key in ("data.train_classes", "data.test_classes"):
         value = list(_get(cfg, key))
