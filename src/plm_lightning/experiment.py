@@ -219,6 +219,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if global_zero:
         run_directory.begin(cfg, run_dir)
     _write_config(cfg, run_dir)
+    if global_zero:  # what the augmentation knobs resolved to, before the first step, and kept with the run
+        transforms = datamodule.describe_transforms()
+        rank_zero_info("transforms:\n  " + transforms.rstrip("\n").replace("\n", "\n  "))
+        atomic_write_text(run_dir / "transforms.txt", transforms)
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             # Persist the run id so that a restarted job continues the same W&B run (never the API key). The run is

@@ -45,6 +45,10 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
     # The run ends by saying how training changed the headline metrics and where its results are.
     assert f"results in {run_dir}: metrics.json, config.yaml, checkpoints/" in result.stdout
     assert "training changed R@1 " in result.stdout
+    # The resolved transforms are printed before training and kept with the run.
+    transforms = (run_dir / "transforms.txt").read_text()
+    assert "BatchRandomAffine" in transforms and "eval: Compose(" in transforms
+    assert "transforms:" in result.stdout + result.stderr
     # Lightning's noise that is not the user's to act on is gone; its parameter summary stays.
     printed = result.stdout + result.stderr
     assert "Trainable params" in printed

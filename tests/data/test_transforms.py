@@ -222,3 +222,93 @@ def test_batch_augmentation_only_while_training():
     plain = datamodule(**{"data.augment": False})
     plain.setup("fit")
     assert plain.batch_augmentation is None
+
+
+# --- the augmentation knobs (data.crop_scale, data.hflip, data.color_jitter) ---------------------------------------
+
+
+def half_bright(size=32):
+    """Left half white, right half black: a flip is visible in every output."""
+    array = np.zeros((size, size, 3), dtype=np.uint8)
+    array[:, : size // 2] = 255
+    return Image.fromarray(array)
+
+
+def augmented(**knobs):
+    # crop_scale (1, 1): the crop is the whole (square) image, so only the flip and the jitter can change it
+    return build_transform(
+        augmentation="natural",
+        train=True,
+        augment=True,
+        image_size=16,
+        resize=16,
+        in_channels=3,
+        out_channels=3,
+        input_space="any",
+        **{"crop_scale": (1.0, 1.0), **knobs},
+    )
+
+
+def left_minus_right(image):
+    return float(image[..., :8].mean() - image[..., 8:].mean())
+
+
+def test_hflip_false_never_flips_an_asymmetric_image():
+    torch.manual_seed(0)
+    transform = augmented(hflip=False)
+    assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in transform.transforms)
+    assert all(left_minus_right(transform(half_bright())) > 0 for _ in range(60))
+    flipping = augmented(hflip=True)
+    signs = {left_minus_right(flipping(half_bright())) > 0 for _ in range(60)}
+    assert signs == {True, False}  # the default flips about half the draws (this check fails with p = 2^-59)
+
+
+def test_color_jitter_changes_colours_only_when_asked():
+    torch.manual_seed(0)
+    grey = Image.fromarray(np.full((16, 16, 3), (90, 140, 200), dtype=np.uint8))
+    plain = augmented(hflip=False)
+    assert len({round(float(plain(grey).mean()), 6) for _ in range(10)}) == 1
+    jitter = augmented(hflip=False, color_jitter=1.0)
+    assert any(isinstance(t, v2.ColorJitter) for t in jitter.transforms)
+    assert len({round(float(jitter(grey).mean()), 4) for _ in range(10)}) > 5
+
+
+def test_crop_scale_reaches_the_random_resized_crop():
+    crop = next(t for t in augmented(crop_scale=(0.5, 0.9)).transforms if isinstance(t, v2.RandomResizedCrop))
+    assert crop.scale == (0.5, 0.9)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.hflip=true", "data.hflip"),  # digits: upright images, no flip
+        ("data.color_jitter=0.5", "data.color_jitter"),
+        ("data.crop_scale=[0.5,1.0]", "data.crop_scale"),
+    ],
+)
+def test_photograph_knobs_on_upright_images_are_refused(override, needle):
+    from plm_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match=needle) as err:
+        load_config("digits.yaml", [override])
+    assert "apply to photographs" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["data.crop_scale=[0.5,0.2]", "data.crop_scale=[0,1]", "data.crop_scale=[0.5]", "data.color_jitter=6"]
+)
+def test_bad_augmentation_values_name_the_key(override):
+    from plm_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config("synthetic.yaml" if "jitter" in override else "digits.yaml", [override])
+
+
+def test_the_family_default_flips_photographs_and_not_glyphs(tmp_path):
+    from plm_lightning.data.datamodule import augmentation_knobs
+
+    folder = load_config(None, ["data.name=folder", f"data.root={tmp_path}"], check_data=False).data
+    assert augmentation_knobs(folder) == {"crop_scale": (0.16, 1.0), "hflip": True, "color_jitter": 0.0}
+    assert augmentation_knobs(load_config("glyphs.yaml").data)["hflip"] is False
+    off = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.hflip=false"], check_data=False)
+    assert augmentation_knobs(off.data)["hflip"] is False

@@ -50,7 +50,16 @@ class DataConfig:
     eval_batch_size: int = 256
     num_workers: int = 0
     prefetch_factor: int = 2  # batches each loader worker loads ahead (used only when num_workers > 0)
-    augment: bool = True
+    augment: bool = True  # false: no training augmentation at all (every epoch sees the evaluation transform)
+    # The training augmentation of photographs (folder, cub, cars196, sop, inshop); the paper's recipe by default:
+    # RandomResizedCrop(image_size) keeping this range of the image's area, then a random horizontal flip.
+    crop_scale: list[float] = field(default_factory=lambda: [0.16, 1.0])
+    # random horizontal flip; null = the dataset's default (photographs: true; digits and glyphs: false, since a
+    # mirrored character is another character). Set false for text, signs or any left-right-asymmetric object
+    hflip: Optional[bool] = None
+    # colour jitter strength s: brightness, contrast and saturation +-0.4 s, hue +-0.1 s (0 = none, the paper's
+    # recipe) [ours]
+    color_jitter: float = 0.0
     # augmented views of each training image in a batch (B images -> views * B embeddings); the teacher's similarity
     # of two views of one image is high, so the loss also teaches invariance to the augmentation [ours; STML: 2]
     views: int = 1

@@ -94,6 +94,28 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _check_augmentation(cfg: DictConfig, family: str) -> None:
+    """data.crop_scale / hflip / color_jitter: valid values, and only where the dataset's augmentation uses them."""
+    from plm_lightning.data.transforms import MAX_COLOR_JITTER, NATURAL_CROP_SCALE
+
+    scale = [float(x) for x in cfg.data.crop_scale]
+    _require(
+        len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+        "data.crop_scale",
+        scale,
+        "two fractions of the image's area, 0 < low <= high <= 1 (the paper's: [0.16, 1.0])",
+    )
+    jitter = float(cfg.data.color_jitter)
+    _require(0 <= jitter <= MAX_COLOR_JITTER, "data.color_jitter", jitter, f"a strength in [0, {MAX_COLOR_JITTER}]")
+    if family == "natural":
+        return
+    kind = "vectors" if family == "vector" else "upright images (affine jitter on the batch, no flip)"
+    what = f"data.name={cfg.data.name} holds {kind}; these knobs apply to photographs"
+    _require(cfg.data.hflip is not True, "data.hflip", True, what)
+    _require(tuple(scale) == NATURAL_CROP_SCALE, "data.crop_scale", scale, what)
+    _require(jitter == 0, "data.color_jitter", jitter, what)
+
+
 def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     for key, value in _numbers(cfg):  # inf / nan pass every "> 0" check below; no knob means them
         _require(math.isfinite(value), key, value, "must be a finite number")
@@ -222,6 +244,7 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     for key in ("data.train_classes", "data.test_classes"):
         value = list(_get(cfg, key))
         _require(not value or cfg.data.name == "folder", key, value, "applies to data.name=folder only")
+    _check_augmentation(cfg, dataset.augmentation)
     if cfg.model.backbone == "bn_inception" and dataset.augmentation != "vector":
         from plm_lightning.models.bn_inception import bn_inception_map_size
 

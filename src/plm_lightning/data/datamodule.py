@@ -6,7 +6,7 @@ loading ``data.prefetch_factor`` batches ahead), into pinned memory when trainin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
@@ -15,7 +15,13 @@ from torch.utils.data import DataLoader, Sampler
 from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler
-from plm_lightning.data.transforms import BatchRandomAffine, MultiView, batch_augmentation, build_transform
+from plm_lightning.data.transforms import (
+    NATURAL_CROP_SCALE,
+    BatchRandomAffine,
+    MultiView,
+    batch_augmentation,
+    build_transform,
+)
 
 if TYPE_CHECKING:  # the config layer sits above data; only its shape is needed here
     from plm_lightning.config.schema import DataConfig
@@ -60,6 +66,17 @@ class LazyStartDataLoader(DataLoader):
         return _StartOnFirstBatch(self)
 
 
+def augmentation_knobs(cfg: DataConfig) -> dict[str, Any]:
+    """data.crop_scale / hflip / color_jitter as build_transform's arguments; hflip None is the family's default
+    (photographs flip; upright images, digits and glyphs, do not: a mirrored character is another one)."""
+    hflip = getattr(cfg, "hflip", None)
+    return {
+        "crop_scale": tuple(getattr(cfg, "crop_scale", NATURAL_CROP_SCALE)),
+        "hflip": DATASETS[cfg.name].augmentation == "natural" if hflip is None else bool(hflip),
+        "color_jitter": float(getattr(cfg, "color_jitter", 0.0)),
+    }
+
+
 class RetrievalDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -100,7 +117,20 @@ class RetrievalDataModule(L.LightningDataModule):
             in_channels=cls.input_channels(self.cfg),
             out_channels=self.backbone_channels,
             input_space=self.input_space,
+            **augmentation_knobs(self.cfg),
         )
+
+    def describe_transforms(self) -> str:
+        """The resolved per-image train and eval transforms and the batch augmentation, as a run records them."""
+        if self.train_set is None or self.test_set is None:
+            self.setup("fit")
+        assert self.train_set is not None and self.test_set is not None
+        lines = [
+            f"train (per image): {self.train_set.transform!r}",
+            f"train (per batch, on the device): {self.batch_augmentation!r}",
+            f"eval: {self.test_set.transform!r}",
+        ]
+        return "\n".join(lines) + "\n"
 
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls

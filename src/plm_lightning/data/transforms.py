@@ -18,6 +18,10 @@ INPUT_SPACES = ("imagenet_rgb", "caffe_bgr255", "any")  # BackboneSpec.input_spa
 # synthetic manifolds, whose class pieces span [-1, 1] along each tangent direction, that is 0.5% of a piece's width
 # and equal to the default data.synthetic.noise).
 VECTOR_JITTER_STD = 0.01
+# The paper's training crop of photographs: RandomResizedCrop keeping 16-100 % of the image's area.
+NATURAL_CROP_SCALE = (0.16, 1.0)
+# The most colour jitter data.color_jitter allows: its hue range, 0.1 s, must stay within torchvision's 0.5.
+MAX_COLOR_JITTER = 5.0
 
 
 class VectorTransform:
@@ -158,12 +162,18 @@ def build_transform(
     in_channels: int,
     out_channels: int,
     input_space: str = "any",
+    crop_scale: tuple[float, float] = NATURAL_CROP_SCALE,
+    hflip: bool = True,
+    color_jitter: float = 0.0,
 ) -> Callable[[Any], torch.Tensor]:
     """augmentation: the dataset family ("natural" photographs, "digits", or "vector" features).
     in_channels: what the dataset yields (1 or 3); out_channels: what the backbone takes (1 or 3).
     input_space: the backbone's (BackboneSpec.input_space): "imagenet_rgb" (torchvision weights: ImageNet
     mean/std), "caffe_bgr255" (BN-Inception: BGR, 0-255, minus the Caffe mean) or "any" (small nets trained from
     scratch: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for 1).
+    crop_scale, hflip, color_jitter: the training augmentation of photographs (data.crop_scale, data.hflip,
+    data.color_jitter): RandomResizedCrop's area range, a random horizontal flip, and colour jitter of strength s
+    (brightness, contrast and saturation +-0.4 s, hue +-0.1 s; 0 = none). The paper's recipe is the default.
     Vector data ignores the image arguments: no image ops, no Normalize, only VECTOR_JITTER_STD jitter in training."""
     if input_space not in INPUT_SPACES:
         raise ValueError(f"unknown input space {input_space!r}; one of {', '.join(INPUT_SPACES)}")
@@ -177,7 +187,12 @@ def build_transform(
         # DataModule after the batch reaches the device): the per-image pipeline is the same in train and eval.
         steps.append(v2.Resize((image_size, image_size), antialias=True))
     elif train and augment:
-        steps += [v2.RandomResizedCrop(image_size, scale=(0.16, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True))
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if color_jitter > 0:
+            s = float(color_jitter)
+            steps.append(v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s, hue=0.1 * s))
     else:
         steps += [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose(steps + _input_space_steps(input_space, out_channels))
