@@ -96,6 +96,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
             name=cfg.logger.name or cfg.run.name or run_dir.name,
             save_dir=str(run_dir),
             tags=list(cfg.logger.tags),
+            group=cfg.logger.group,
             mode=mode,
             id=run_id,
             resume="allow" if run_id else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
@@ -22,3 +23,24 @@ def config_or_none(prog: str, config: str, overrides: Sequence[str], check_data:
     except ConfigError as exc:
         fail(prog, str(exc))
         return None
+
+
+SEEDS_HELP = "a count N (seeds 0..N-1), a list (0,1,2) or a range (3-5)"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds: ``5`` is five seeds 0..4, ``0,1,2`` those seeds, ``3-5`` seeds 3, 4 and 5 (argparse type)."""
+    text = text.strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.lstrip("-"):
+            low, high = (int(s) for s in text.split("-"))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes {SEEDS_HELP}, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct non-negative integers ({SEEDS_HELP}), got {text!r}")
+    return seeds

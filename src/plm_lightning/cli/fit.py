@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from plm_lightning.cli.common import config_or_none, fail
+from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds
 from plm_lightning.config import to_yaml
 from plm_lightning.utils.io import UnsafeOutputError
 
@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, help="a YAML file, or the name of a bundled config")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help=f"run the config once per seed, one after another, into RUN_DIR/seed-N/ ({SEEDS_HELP}), "
+        "then write the mean +- std table (plm-report) into RUN_DIR",
+    )
     return parser
 
 
@@ -40,6 +47,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.seeds is not None:
+        return fit_seeds(cfg, args.seeds)
+    return fit_one(cfg)
+
+
+def fit_seeds(cfg, seeds: Sequence[int]) -> int:
+    """One run per seed into RUN_DIR/seed-N (W&B group: logger.group, else RUN_DIR's name), then plm-report's table
+    of them in RUN_DIR. Stops at the first run that fails, with its exit code; finished seeds stay (rerun the same
+    command with resume=auto to continue)."""
+    if cfg.trainer.devices * cfg.trainer.num_nodes > 1:
+        # Lightning's DDP launcher re-runs this command line for the other ranks; one seed per launch keeps them in
+        # step (plm-slurm --seeds gives each seed its own job).
+        return fail(
+            "plm-fit",
+            "--seeds runs on one device; with trainer.devices > 1 use plm-slurm --seeds, or one "
+            "plm-fit per seed with run.seed=N",
+        )
+    from plm_lightning.config.loading import override_config
+    from plm_lightning.experiment import resolve_run_dir
+
+    base = resolve_run_dir(cfg)
+    group = cfg.logger.group or base.name
+    for i, seed in enumerate(seeds, 1):
+        run_dir = base / f"seed-{seed}"
+        print(f"plm-fit: seed {seed} ({i} of {len(seeds)}) -> {run_dir}", flush=True)
+        values = {"run.seed": int(seed), "run.dir": str(run_dir), "logger.group": group}
+        code = fit_one(override_config(cfg, values=values, source="--seeds"))
+        if code != 0:
+            done = ", ".join(str(s) for s in seeds[: i - 1]) or "none"
+            print(f"plm-fit: seed {seed} failed (exit {code}); finished seeds: {done}", file=sys.stderr)
+            return code
+    from plm_lightning.cli.report import main as report_main
+
+    return report_main([str(base)])
+
+
+def fit_one(cfg) -> int:
+    """Train and evaluate one run; the exit code (0, or 2 / 128 + signal after one line on stderr)."""
     from plm_lightning.data.base import DatasetError
     from plm_lightning.data.images import UnreadableImageError
     from plm_lightning.experiment import fit  # heavy imports only once the config is known to be good

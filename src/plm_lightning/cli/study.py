@@ -14,19 +14,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from plm_lightning.cli.common import config_or_none, fail
+from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds
 
 NAMES = ("curvature", "proxies", "sensitivity", "cost", "ladder")
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds needs distinct integers, got {text!r}")
-    return seeds
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,7 +24,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("study", choices=NAMES)
     parser.add_argument("--config", default="synthetic.yaml", help="a YAML file or bundled config name")
     parser.add_argument("--max-batches", type=int, default=None, help="quality studies: first N batches only")
-    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="ladder: comma-separated seeds (0,1,2)")
+    parser.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2], help=f"ladder: {SEEDS_HELP}; default 0,1,2")
     parser.add_argument(
         "--pretrain",
         default="auto",

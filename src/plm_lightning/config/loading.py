@@ -105,7 +105,8 @@ def _check_keys(data: Any, schema: DictConfig, source: str, prefix: str = "") ->
         if isinstance(child, DictConfig):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' is a group, not a value ({source})")
-            _check_keys(value, child, source, full + ".")
+            if OmegaConf.get_type(child) is not dict:  # a free-form mapping (paper.metrics) takes any key
+                _check_keys(value, child, source, full + ".")
 
 
 def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:

@@ -193,6 +193,8 @@ class LoggerConfig:
     entity: Optional[str] = None
     name: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    # W&B group: ties runs together (plm-fit --seeds sets it to the request's folder name when unset)
+    group: Optional[str] = None
 
 
 @dataclass
@@ -205,6 +207,15 @@ class RunConfig:
 
 
 @dataclass
+class PaperConfig:
+    """The published numbers a bundled config reproduces: data for plm-report, which prints them beside the measured
+    mean +- std and the difference. Not used in training."""
+
+    source: Optional[str] = None  # e.g. "PLM (CPAL 2024), Table 1: CUB-200, GoogLeNet, 128-d"
+    metrics: dict[str, float] = field(default_factory=dict)  # metric name (as in metrics.json) -> value in %
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -214,6 +225,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     # null = start fresh | auto = continue from the newest of run.dir/checkpoints/last.ckpt and run.dir/hpc_ckpt_*.ckpt
     # (start fresh when there is none) | a checkpoint path
     resume: Optional[str] = None

@@ -116,6 +116,14 @@ def _check_augmentation(cfg: DictConfig, family: str) -> None:
     _require(jitter == 0, "data.color_jitter", jitter, what)
 
 
+def _check_paper(cfg: DictConfig) -> None:
+    """paper.metrics names metrics a run reports (metrics.json), as percentages."""
+    for name, value in cfg.paper.metrics.items():
+        known = name in ("MAP@R", "R-precision", "NMI") or (name.startswith("R@") and name[2:].isdigit())
+        _require(known, f"paper.metrics.{name}", value, "R@K, MAP@R, R-precision or NMI, as in metrics.json")
+        _require(0 <= float(value) <= 100, f"paper.metrics.{name}", value, "a percentage")
+
+
 def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     for key, value in _numbers(cfg):  # inf / nan pass every "> 0" check below; no knob means them
         _require(math.isfinite(value), key, value, "must be a finite number")
@@ -245,6 +253,7 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
         value = list(_get(cfg, key))
         _require(not value or cfg.data.name == "folder", key, value, "applies to data.name=folder only")
     _check_augmentation(cfg, dataset.augmentation)
+    _check_paper(cfg)
     if cfg.model.backbone == "bn_inception" and dataset.augmentation != "vector":
         from plm_lightning.models.bn_inception import bn_inception_map_size
 
