@@ -150,3 +150,20 @@ def test_parse_time():
     for bad in ("1:00", "1-25:00:00", "00:00:00", "ab:cd:ef"):
         with pytest.raises(slurm.RequestError):
             slurm.parse_time(bad)
+
+
+def test_seeds_make_one_job_array_whose_tasks_are_the_seeds(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PLM_RUN_DIR", raising=False)
+    code, out, err = dry_run(capsys, "--cpu-tasks-per-node", "1", "--seeds", "3,5,9", "run.dir=runs/my seeds")
+    assert code == 0, err
+    run_dir = (tmp_path / "runs" / "my seeds").resolve()
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", out, re.M))
+    assert directives["array"] == "3,5,9"
+    assert directives["output"] == directives["error"] == f"{run_dir}/slurm/%A_%a.out"
+    assert "requeue" in directives
+    # Each task is its own run: the shell expands the task id inside the quoted run folder.
+    command = next(line for line in out.splitlines() if line.startswith("exec srun"))
+    expanded = shlex.split(command.replace("${SLURM_ARRAY_TASK_ID}", "5"))
+    assert expanded[-4:] == ["--config", f"{run_dir}/seed-5/config.yaml", "resume=auto", f"run.dir={run_dir}/seed-5"]
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing

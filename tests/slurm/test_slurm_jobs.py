@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from runner import run_cli
 
 # Small digits runs (as in tests/cli/test_resume.py): deterministic, in-process data loading (data.num_workers=0).
@@ -160,3 +161,44 @@ def test_sigusr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, tmp_pat
     runs = sorted(p.name for p in (job_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs
     print(f"\nSIGUSR1 requeue SLURM test: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.slow
+def test_seed_array_ends_with_three_finished_runs_and_a_report(slurm_cluster, tmp_path):
+    start = time.monotonic()
+    base = tmp_path / "seeds"
+    result = run_cli(
+        "slurm",
+        "--config",
+        "digits.yaml",
+        "--time",
+        "00:15:00",
+        "--cpu-tasks-per-node",
+        "1",
+        "--seeds",
+        "3",
+        "trainer.max_epochs=1",
+        "eval.before_training=false",
+        *KNOBS,
+        f"run.dir={base}",
+        env=_env(slurm_cluster),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    array = re.search(r"submitted job array (\d+) \(seeds 0,1,2", result.stdout).group(1)
+    for seed in (0, 1, 2):
+        wait_done(slurm_cluster, f"{array}_{seed}", base / "slurm" / f"{array}_{seed}.out")
+    for seed in (0, 1, 2):
+        run_dir = base / f"seed-{seed}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert [h["epoch"] for h in metrics["history"]] == [0]
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert saved["run"]["seed"] == seed and saved["logger"]["group"] == "seeds"
+        log = (base / "slurm" / f"{array}_{seed}.out").read_text()
+        assert f"plm-slurm: job {array}_{seed} start 0" in log, log[-3000:]
+    report = run_cli("report", str(base))
+    assert report.returncode == 0, report.stderr
+    row = next(ln for ln in report.stdout.splitlines() if ln.startswith("| digits"))
+    assert "| 3 | 0,1,2 |" in row, report.stdout
+    print(f"\n3-seed SLURM job array test: {time.monotonic() - start:.1f} s")

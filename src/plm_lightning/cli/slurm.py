@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.cli.common import config_or_none, fail
+from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds
 from plm_lightning.config import to_yaml
 from plm_lightning.run_directory import stored_config
 from plm_lightning.utils.io import atomic_write_text
@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="SIGUSR1 this long before the time limit; the job checkpoints at the end of the current "
         "epoch and requeues, so make it longer than one epoch plus its evaluation (default 90)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help=f"one job array, a task per seed, each its own run in RUN_DIR/seed-N ({SEEDS_HELP}); "
+        "plm-report RUN_DIR tabulates them when they are done",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the batch script; write and submit nothing")
     return parser
@@ -179,11 +186,15 @@ def render_script(
     cpus_per_task: Optional[int] = None,
     mem: Optional[str] = None,
     environ: Optional[dict[str, str]] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> str:
-    log = run_dir / "slurm" / "%j.out"
+    """The batch script. With ``seeds``: a job array, one task per seed (the task id is the seed), each the run in
+    ``run_dir/seed-<id>`` with its own config.yaml, log ``run_dir/slurm/<array job>_<seed>.out`` and requeues."""
+    log = run_dir / "slurm" / ("%A_%a.out" if seeds else "%j.out")
+    what = f"the runs in {run_dir}/seed-<task id>" if seeds else f"the run in {run_dir}"
     lines = [
         "#!/bin/bash",
-        f"# Written by plm-slurm for the run in {run_dir}. Every start of this job (the first and each requeue)",
+        f"# Written by plm-slurm for {what}. Every start of a job (the first and each requeue)",
         "# continues that run from its newest checkpoint: resume=auto, same run.dir, same W&B run id.",
         f"#SBATCH --job-name={name}",
         f"#SBATCH --nodes={nodes}",
@@ -204,6 +215,7 @@ def render_script(
     lines += [
         f"#SBATCH --signal=SIGUSR1@{signal_lead}",
         "#SBATCH --requeue",
+        *([f"#SBATCH --array={','.join(str(int(x)) for x in seeds)}"] if seeds else []),
         "#SBATCH --open-mode=append",  # a requeued start appends to the same log
         f"#SBATCH --output={log}",
         f"#SBATCH --error={log}",
@@ -215,12 +227,21 @@ def render_script(
     # How long the job may wait for the epoch to end after SIGUSR1 before it requeues anyway (read by
     # plm_lightning.callbacks.slurm_requeue): ahead of the time limit by a margin for the requeue itself.
     lines.append(f"export {GRACE_ENV}={requeue_grace(signal_lead)}")
+    if seeds:
+        # The folder is quoted for the shell and the task id expanded by it: '<run_dir>'/seed-"${SLURM_ARRAY_TASK_ID}"
+        folder = f'{shlex.quote(str(run_dir))}/seed-"${{SLURM_ARRAY_TASK_ID}}"'
+        job = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+        config, run_dir_arg = (
+            f"{folder}/config.yaml",
+            f"{shlex.quote('run.dir=' + str(run_dir))}/seed-" + '"${SLURM_ARRAY_TASK_ID}"',
+        )
+    else:
+        job = "${SLURM_JOB_ID}"
+        config, run_dir_arg = shlex.quote(str(run_dir / "config.yaml")), shlex.quote("run.dir=" + str(run_dir))
     lines += [
-        'echo "plm-slurm: job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $(date -Is)"',
+        f'echo "plm-slurm: job {job} start ${{SLURM_RESTART_COUNT:-0}} on $(hostname) at $(date -Is)"',
         # exec: srun replaces bash, so no bash parent stands between SLURM's signals and the training processes
-        f"exec srun {shlex.quote(python)} -m plm_lightning.cli.fit "
-        f"--config {shlex.quote(str(run_dir / 'config.yaml'))} resume=auto "
-        f"{shlex.quote('run.dir=' + str(run_dir))}",
+        f"exec srun {shlex.quote(python)} -m plm_lightning.cli.fit --config {config} resume=auto {run_dir_arg}",
         "",
     ]
     return "\n".join(lines)
@@ -255,6 +276,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_dir = resolve_run_dir(cfg, cwd)
     # `resume` belongs to each start of the job (always auto), not to the run: as in plm-fit's own config.yaml.
     cfg = stored_config(OmegaConf.merge(cfg, {"run": {"dir": str(run_dir)}}))
+    runs = {None: cfg}  # run folder suffix -> its config
+    if args.seeds:
+        group = cfg.logger.group or run_dir.name
+        runs = {
+            seed: stored_config(
+                OmegaConf.merge(
+                    cfg,
+                    {"run": {"dir": str(run_dir / f"seed-{seed}"), "seed": seed}, "logger": {"group": group}},
+                )
+            )
+            for seed in args.seeds
+        }
     gpus = args.gpus_per_node or 0
     script = render_script(
         run_dir=run_dir,
@@ -271,18 +304,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cpus_per_task=args.cpus_per_task,
         mem=args.mem,
         environ=exported_environment(dict(os.environ)),
+        seeds=args.seeds,
     )
     if args.dry_run:
         print(script, end="")
         return 0
     if shutil.which("sbatch") is None:
         return fail(PROG, "sbatch not found on PATH (is this a SLURM login node?); --dry-run prints the script")
-    if (run_dir / "config.yaml").exists():
-        print(
-            f"{PROG}: {run_dir} already holds a run; the job continues it from its newest checkpoint", file=sys.stderr
-        )
-    # The merged config is in the run directory before the job exists, so every start reads the same one.
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    for seed, run_cfg in runs.items():
+        folder = run_dir if seed is None else run_dir / f"seed-{seed}"
+        if (folder / "config.yaml").exists():
+            print(
+                f"{PROG}: {folder} already holds a run; the job continues it from its newest checkpoint",
+                file=sys.stderr,
+            )
+        # The merged config is in the run directory before the job exists, so every start reads the same one.
+        atomic_write_text(folder / "config.yaml", to_yaml(run_cfg))
     script_path = run_dir / "slurm" / SCRIPT_NAME
     atomic_write_text(script_path, script)
     result = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
@@ -292,6 +329,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job_id = result.stdout.strip().split(";")[0]
     if not re.fullmatch(r"\d+", job_id):
         return fail(PROG, f"cannot read a job id in sbatch's output {result.stdout.strip()!r}")
+    if args.seeds:
+        seeds = ",".join(map(str, args.seeds))
+        print(f"submitted job array {job_id} (seeds {seeds}, one task each)")
+        print(f"run dirs: {run_dir}/seed-{{{seeds}}}")
+        print(f"logs:     {run_dir / 'slurm' / (job_id + '_<seed>.out')}")
+        print(f"then:     plm-report {run_dir}")
+        return 0
     print(f"submitted job {job_id}")
     print(f"run dir: {run_dir}")
     print(f"log:     {run_dir / 'slurm' / (job_id + '.out')}")
