@@ -248,13 +248,15 @@ def closing_lines(summary: dict[str, Any], run_dir: Path) -> list[str]:
     lines = []
     initial, final = summary.get("initial"), summary.get("final")
     if initial and final:
-        changes = [
-            f"{key} {initial[key]:.2f} -> {final[key]:.2f} ({final[key] - initial[key]:+.2f})"
-            for key in ("R@1", "MAP@R")
-            if key in initial and key in final
-        ]
-        if changes:
-            lines.append("training changed " + ", ".join(changes) + " (final epoch against before training)")
+        shared = [key for key in final if key in initial]
+        better = [f"{key} {final[key] - initial[key]:+.2f}" for key in shared if final[key] > initial[key]]
+        worse = [f"{key} {final[key] - initial[key]:+.2f}" for key in shared if final[key] < initial[key]]
+        if shared:
+            head = f"R@1 {initial['R@1']:.2f} -> {final['R@1']:.2f}; " if "R@1" in shared else ""
+            lines.append(
+                f"training changed {head}final epoch against before training: improved {', '.join(better) or 'none'};"
+                f" worse {', '.join(worse) or 'none'}"
+            )
     kept = [
         name + ("/" if (run_dir / name).is_dir() else "")
         for name in ("metrics.json", "config.yaml", "checkpoints", "plots", "logs")

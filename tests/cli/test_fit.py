@@ -44,7 +44,9 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # The run ends by saying how training changed the headline metrics and where its results are.
     assert f"results in {run_dir}: metrics.json, config.yaml, checkpoints/" in result.stdout
-    assert "training changed R@1 " in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    r1 = f"training changed R@1 {metrics['initial']['R@1']:.2f} -> {metrics['final']['R@1']:.2f}; "
+    assert r1 in result.stdout and "improved " in result.stdout and "; worse " in result.stdout
     # The resolved transforms are printed before training and kept with the run.
     transforms = (run_dir / "transforms.txt").read_text()
     assert "BatchRandomAffine" in transforms and "eval: Compose(" in transforms

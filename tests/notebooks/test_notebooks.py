@@ -3,7 +3,6 @@
 The kernel is this interpreter (a kernelspec written into the test's own JUPYTER_PATH), so the notebooks see the
 package and its dependencies exactly as the tests do, whatever `python` is first on PATH.
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,16 +14,15 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-KERNEL = "plm-notebook-test"
+sys.path.insert(0, str(NOTEBOOKS))
+from execute import KERNEL, code_sha256, write_kernelspec  # noqa: E402
+
+MAX_BYTES = 1_000_000  # committed with outputs: small enough to review
 
 
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
-    spec = tmp_path / "jupyter" / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "plm tests", "language": "python"}))
+    write_kernelspec(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("PLM_NOTEBOOK_OUT", str(tmp_path / "out"))
     # Smaller than a reader's run, same code path: one training epoch, a few nearest-neighbour batches.
@@ -38,13 +36,24 @@ def kernel_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_notebooks_are_committed_clean():
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+def test_notebooks_are_committed_executed_and_current():
+    """A reader on the web sees the figures: every notebook is committed executed top to bottom, by
+    notebooks/execute.py, from the code it holds now (a code cell changed since fails here: run
+    `python notebooks/execute.py NAME.ipynb` and commit the result)."""
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert paths
+    for path in paths:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
         assert all(c.get("id") for c in nb.cells)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: not run in order"
+        recorded = nb.metadata.get("plm", {}).get("code_sha256")
+        assert recorded == code_sha256(nb), f"{path.name}: outputs are stale; run python notebooks/execute.py"
+        errors = [o for c in code for o in c.outputs if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: a cell failed"
+        assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{path.name}: no figure"
+        assert path.stat().st_size < MAX_BYTES, f"{path.name}: {path.stat().st_size} bytes"
 
 
 @pytest.mark.slow
