@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from plm_lightning.data.datamodule import RetrievalDataModule
+from plm_lightning.manifold.similarity import teacher_space
 from plm_lightning.models.build import build_model
 from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.models.embedding_pass import embed_loader
@@ -55,6 +55,4 @@ def training_features(
         module.to(device)
         network = getattr(module, "teacher", module.student)  # the supervised reference has no teacher
         _, emb, lab = embed_loader(network, datamodule.train_embedding_dataloader(), torch.device(device))
-    if cfg.method.normalize_teacher:
-        emb = F.normalize(emb, dim=1)
-    return emb.cpu(), lab.cpu()
+    return teacher_space(emb, cfg.method.normalize_teacher).cpu(), lab.cpu()

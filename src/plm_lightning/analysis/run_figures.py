@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from plm_lightning.analysis.figures import plt, save_figure
+from plm_lightning.manifold.similarity import teacher_space
 
 __all__ = [
     "embedding_projection",
@@ -259,14 +260,12 @@ def pair_similarities(
     """(same-class s, different-class s, {purity, pearson}) of ``estimator`` on the nearest-neighbour batches
     that training would build from these embeddings (analysis/similarity_report.py)."""
     import torch
-    import torch.nn.functional as F
 
     from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
 
     emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if normalize:  # the teacher's embeddings are normalised before the similarity sees them
-        emb = F.normalize(emb, dim=1)
+    emb = teacher_space(emb, normalize)  # as the similarity sees the teacher's embeddings in training
     batch_size = min(batch_size, emb.shape[0] - emb.shape[0] % neighbours_per_seed)
     batches = nn_batches(emb, batch_size, neighbours_per_seed, seed=seed, max_batches=max_batches, backend=backend)
     report, values = similarity_report(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from plm_lightning.manifold.distances import squared_distances
 from plm_lightning.manifold.proxies import ProxyManifold
-from plm_lightning.manifold.similarity import SimilarityResult
+from plm_lightning.manifold.similarity import SimilarityResult, teacher_space
 
 # Squared distances below this are clamped before the square root: the gradient of ||a - b|| is undefined at
 # a == b (identical images can share a batch), and the clamp keeps it finite.
@@ -87,8 +87,7 @@ class PLMLoss:
         x = x.detach().float()
         if self.normalize_student:
             z = F.normalize(z, dim=1)
-        if self.normalize_teacher:
-            x = F.normalize(x, dim=1)
+        x = teacher_space(x, self.normalize_teacher)
         points: torch.Tensor | None = None
         bases: torch.Tensor | None = None
         if proxies is not None and len(proxies) > 0:

@@ -29,6 +29,12 @@ class SimilarityResult:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def teacher_space(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The teacher's embeddings as the similarity (and the nearest-neighbour table) sees them: rows scaled to unit
+    length when ``normalize`` (method.normalize_teacher [ours]), else as they are. The one place that decides it."""
+    return torch.nn.functional.normalize(x, dim=1) if normalize else x
+
+
 def piece_distances(
     points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

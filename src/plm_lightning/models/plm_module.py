@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from plm_lightning.data.datamodule import RetrievalDataModule
 from plm_lightning.data.sampler import neighbour_table
 from plm_lightning.data.transforms import flatten_views
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
+from plm_lightning.manifold.similarity import teacher_space
 from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.models.similarity_estimator import build_similarity, derived_method_values
@@ -60,7 +60,7 @@ class PLMModule(EmbeddingModule):
         idx, emb, _ = gather_by_index(self.all_gather, self.trainer.world_size, idx, emb, lab)
         if idx.numel() != len(datamodule.train_eval_set):
             raise RuntimeError(f"teacher pass gathered {idx.numel()} of {len(datamodule.train_eval_set)} images")
-        return F.normalize(emb, dim=1) if self.cfg.method.normalize_teacher else emb
+        return teacher_space(emb, self.cfg.method.normalize_teacher)
 
     @torch.no_grad()
     def refresh_neighbours(self, datamodule: RetrievalDataModule) -> None:
