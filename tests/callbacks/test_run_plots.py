@@ -40,7 +40,7 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     assert {"recall", "retrieval", "similarity", "embeddings"} <= logged, logged
 
     # The histogram's numbers, as the callback computes them from the trained model's test embeddings.
-    from plm_lightning.analysis.run_figures import pair_similarities
+    from plm_lightning.figures.run_figures import pair_similarities
     from plm_lightning.models.inference import load_trained_model
     from plm_lightning.models.similarity_estimator import build_similarity
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.analysis.figures import plt, save_figure
 from plm_lightning.config.loading import override_config
+from plm_lightning.figures.common import plt, save_figure
 from plm_lightning.run_directory import holds_run, same_run_config
 from plm_lightning.utils.io import atomic_write, atomic_write_text, json_safe
 

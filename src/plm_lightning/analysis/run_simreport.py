@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
-from plm_lightning.analysis.figures import similarity_histograms
 from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+from plm_lightning.figures.common import similarity_histograms
 from plm_lightning.models.similarity_estimator import build_similarity
 from plm_lightning.utils.io import atomic_write_text
 

@@ -23,10 +23,10 @@ import torch
 from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
-from plm_lightning.analysis.figures import plt, save_figure
 from plm_lightning.analysis.run_simreport import config_batches, estimators_from_config
 from plm_lightning.analysis.similarity_report import similarity_report
 from plm_lightning.config.loading import override_config
+from plm_lightning.figures.common import plt, save_figure
 from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold
 from plm_lightning.utils.io import atomic_write
 

@@ -22,6 +22,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 
 from plm_lightning.callbacks.retrieval_evaluation import RetrievalEvaluation
+from plm_lightning.figures.run_figures import (
+    embedding_projection,
+    nearest_excluding_self,
+    pair_similarities,
+    query_choice,
+    raw_image,
+    recall_curve,
+    retrieval_grid,
+    same_class_histogram,
+    save_figure,
+)
 from plm_lightning.models.similarity_estimator import build_similarity
 
 PLOTS_DIR = "plots"
@@ -68,15 +79,11 @@ class RunPlots(Callback):
 
     # --- figures -------------------------------------------------------------------------------------------------
     def _save(self, name: str, fig) -> None:
-        from plm_lightning.analysis.run_figures import save_figure
-
         path = self.out / f"{name}.png"
         save_figure(fig, path)
         self.written[name] = path
 
     def _recall(self) -> None:
-        from plm_lightning.analysis.run_figures import recall_curve
-
         self._save("recall", recall_curve(self.evaluation.history, self.evaluation.ks, self.evaluation.initial))
         self._drawn = len(self.evaluation.history)
 
@@ -98,13 +105,6 @@ class RunPlots(Callback):
         return emb.cpu().numpy(), lab.cpu().numpy()
 
     def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_figures import (
-            embedding_projection,
-            nearest_excluding_self,
-            query_choice,
-            raw_image,
-            retrieval_grid,
-        )
 
         cfg = self.cfg
         normalize = bool(cfg.eval.normalize)
@@ -126,8 +126,6 @@ class RunPlots(Callback):
         self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
 
     def _similarity_histogram(self, emb: np.ndarray, lab: np.ndarray) -> None:
-        from plm_lightning.analysis.run_figures import pair_similarities, same_class_histogram
-
         cfg = self.cfg
         name = cfg.method.similarity
         same, different, quality = pair_similarities(

@@ -54,7 +54,7 @@ class ItemImages:
         self.datasets: dict[tuple[str, str], Any] = {}
 
     def __call__(self, path: str) -> np.ndarray:
-        from plm_lightning.analysis.run_figures import raw_image
+        from plm_lightning.figures.run_figures import raw_image
 
         if Path(path).is_file():
             from plm_lightning.data.images import load_rgb
@@ -89,7 +89,7 @@ def _dataset_id(path: str) -> tuple[str, str, int]:
 
 
 def draw_grid(out: str, query_image: np.ndarray, query_label: int, export, scores, ids, metric: str) -> None:
-    from plm_lightning.analysis.run_figures import retrieval_grid, save_figure
+    from plm_lightning.figures.run_figures import retrieval_grid, save_figure
 
     images = ItemImages(export.meta)
     results = [images(export.paths[i]) for i in ids]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plm_lightning.analysis.run_figures import (
+from plm_lightning.figures.run_figures import (
     embedding_projection,
     nearest_excluding_self,
     pair_similarities,

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from plm_lightning.analysis.figures import plt, save_figure
+from plm_lightning.figures.common import plt, save_figure
 from plm_lightning.manifold.similarity import teacher_space
 
 __all__ = [
