@@ -38,6 +38,7 @@ RESUME_MAY_CHANGE = (
     "eval.on_device",
     "eval.backend",
     "logger",
+    "paper",  # the published numbers a config carries for plm-report: data, not part of the computation
 )
 
 
