@@ -312,3 +312,18 @@ def test_the_family_default_flips_photographs_and_not_glyphs(tmp_path):
     assert augmentation_knobs(load_config("glyphs.yaml").data)["hflip"] is False
     off = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.hflip=false"], check_data=False)
     assert augmentation_knobs(off.data)["hflip"] is False
+
+
+def test_a_folder_run_with_hflip_false_has_no_flip_in_its_training_transform(tmp_path):
+    # The path a run takes: config -> DataModule -> per-image training transform.
+    cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.hflip=false"], check_data=False)
+    module = RetrievalDataModule(cfg.data, backbone_channels=3, input_space="imagenet_rgb")
+    train = module._transform(True)
+    assert any(isinstance(t, v2.RandomResizedCrop) for t in train.transforms)
+    assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in train.transforms)
+    default = RetrievalDataModule(
+        load_config(None, ["data.name=folder", f"data.root={tmp_path}"], check_data=False).data,
+        backbone_channels=3,
+        input_space="imagenet_rgb",
+    )
+    assert any(isinstance(t, v2.RandomHorizontalFlip) for t in default._transform(True).transforms)
