@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks.model_summary import log
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 
 class ParameterSummary(ModelSummary):
@@ -23,24 +25,9 @@ class ParameterSummary(ModelSummary):
     ) -> None:
         if total_flops == 0:
             summary_data = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format(
-            summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *summary_data
         )
-        table = _without_zero_flops(table, total_flops)
-        from lightning.pytorch.callbacks.model_summary import log
-
+        if total_flops == 0:
+            table = "\n".join(line for line in table.splitlines() if not line.rstrip().endswith("Total Flops"))
         log.info("\n" + table)
-
-
-def _format(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops):
-    from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
-
-    return _format_summary_table(
-        total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *summary_data
-    )
-
-
-def _without_zero_flops(table: str, total_flops: int) -> str:
-    if total_flops:
-        return table
-    return "\n".join(line for line in table.splitlines() if not line.rstrip().endswith("Total Flops"))

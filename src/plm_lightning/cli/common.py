@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
@@ -44,3 +45,11 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"--seeds needs distinct non-negative integers ({SEEDS_HELP}), got {text!r}")
     return seeds
+
+
+def seed_run(cfg: DictConfig, base: Path, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Where seed N of a --seeds request runs (``base/seed-N``) and the config values that make it that run:
+    run.seed, run.dir and the W&B group that ties the request's seeds together (logger.group, else base's name).
+    One layout for plm-fit --seeds and plm-slurm --seeds."""
+    run_dir = base / f"seed-{seed}"
+    return run_dir, {"run.seed": int(seed), "run.dir": str(run_dir), "logger.group": cfg.logger.group or base.name}

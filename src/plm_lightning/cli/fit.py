@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds
+from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds, seed_run
 from plm_lightning.config import to_yaml
 from plm_lightning.utils.io import UnsafeOutputError
 
@@ -68,11 +68,9 @@ def fit_seeds(cfg, seeds: Sequence[int]) -> int:
     from plm_lightning.experiment import resolve_run_dir
 
     base = resolve_run_dir(cfg)
-    group = cfg.logger.group or base.name
     for i, seed in enumerate(seeds, 1):
-        run_dir = base / f"seed-{seed}"
+        run_dir, values = seed_run(cfg, base, seed)
         print(f"plm-fit: seed {seed} ({i} of {len(seeds)}) -> {run_dir}", flush=True)
-        values = {"run.seed": int(seed), "run.dir": str(run_dir), "logger.group": group}
         code = fit_one(override_config(cfg, values=values, source="--seeds"))
         if code != 0:
             done = ", ".join(str(s) for s in seeds[: i - 1]) or "none"

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds
+from plm_lightning.cli.common import SEEDS_HELP, config_or_none, fail, parse_seeds, seed_run
 from plm_lightning.config import to_yaml
 from plm_lightning.run_directory import stored_config
 from plm_lightning.utils.io import atomic_write_text
@@ -276,18 +276,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_dir = resolve_run_dir(cfg, cwd)
     # `resume` belongs to each start of the job (always auto), not to the run: as in plm-fit's own config.yaml.
     cfg = stored_config(OmegaConf.merge(cfg, {"run": {"dir": str(run_dir)}}))
-    runs = {None: cfg}  # run folder suffix -> its config
+    runs = {run_dir: cfg}  # run folder -> its config
     if args.seeds:
-        group = cfg.logger.group or run_dir.name
-        runs = {
-            seed: stored_config(
-                OmegaConf.merge(
-                    cfg,
-                    {"run": {"dir": str(run_dir / f"seed-{seed}"), "seed": seed}, "logger": {"group": group}},
-                )
-            )
-            for seed in args.seeds
-        }
+        from plm_lightning.config.loading import override_config
+
+        runs = {}
+        for seed in args.seeds:
+            folder, values = seed_run(cfg, run_dir, seed)
+            runs[folder] = stored_config(override_config(cfg, values=values, source="--seeds"))
     gpus = args.gpus_per_node or 0
     script = render_script(
         run_dir=run_dir,
@@ -311,8 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if shutil.which("sbatch") is None:
         return fail(PROG, "sbatch not found on PATH (is this a SLURM login node?); --dry-run prints the script")
-    for seed, run_cfg in runs.items():
-        folder = run_dir if seed is None else run_dir / f"seed-{seed}"
+    for folder, run_cfg in runs.items():
         if (folder / "config.yaml").exists():
             print(
                 f"{PROG}: {folder} already holds a run; the job continues it from its newest checkpoint",
