@@ -28,16 +28,28 @@ def _final_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no code
 
 
+def _as_written_before_the_datamodule_held_batching_state(checkpoint_path):
+    """The checkpoint layout of earlier versions: the sampler's epoch and table in the module's plm_resume."""
+    ckpt = torch.load(checkpoint_path, weights_only=True)
+    batching = ckpt.pop("RetrievalDataModule")
+    ckpt["plm_resume"]["sampler_epoch"] = batching["epoch"]
+    if "neighbours" in batching:
+        ckpt["plm_resume"]["neighbours"] = batching["neighbours"]
+    torch.save(ckpt, checkpoint_path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "legacy"),
     [
-        [],  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
-        ["data.refresh_every=2", "logger.csv=false"],  # resumed mid-interval: the table comes from the checkpoint
+        ([], False),  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
+        # resumed mid-interval: the table comes from the checkpoint (the DataModule's state)
+        (["data.refresh_every=2", "logger.csv=false"], False),
+        (["data.refresh_every=2", "logger.csv=false"], True),  # ... from a checkpoint in the earlier layout
     ],
-    ids=["refresh_every_epoch", "refresh_every_2"],
+    ids=["refresh_every_epoch", "refresh_every_2", "refresh_every_2_legacy_checkpoint"],
 )
-def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra, legacy):
     a, b = tmp_path / "a", tmp_path / "b"
     common = [*COMMON, *extra]
     result = run_fit(*common, f"run.dir={a}")
@@ -49,6 +61,13 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra):
     assert "starting fresh" in result.stdout + result.stderr
     stopped = json.loads((b / "metrics.json").read_text())
     assert [h["epoch"] for h in stopped["history"]] == [0]
+    # The batching state is the DataModule's (Lightning stores its state_dict); the module keeps only the RNG.
+    saved = _final_state(b)
+    assert saved["RetrievalDataModule"]["epoch"] == 0 and set(saved["plm_resume"]) == {"rng"}
+    refresh_every = 2 if "data.refresh_every=2" in extra else 1
+    assert ("neighbours" in saved["RetrievalDataModule"]) == (refresh_every > 1)
+    if legacy:
+        _as_written_before_the_datamodule_held_batching_state(b / "checkpoints" / "last.ckpt")
 
     result = run_fit(*common, f"run.dir={b}", "resume=auto")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -143,7 +143,8 @@ def test_sigusr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, tmp_pat
     assert hpc.is_file() and f"saved {hpc}" in text
     assert f"resume=auto: resuming from {hpc}" in text, text[-4000:]
     saved = torch.load(hpc, weights_only=True)
-    assert saved["epoch"] == 1 and "plm_resume" in saved  # the epoch boundary, with the RNG and sampler state
+    # the epoch boundary, with the RNG state (the module) and the batch sampler's (the DataModule)
+    assert saved["epoch"] == 1 and "plm_resume" in saved and "RetrievalDataModule" in saved
 
     job = json.loads((job_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in job["history"]] == [0, 1, 2]

@@ -1,12 +1,14 @@
-"""The LightningDataModule: datasets, transforms, the nearest-neighbour training batches, and the deterministic
-loaders that the teacher's embedding pass and the evaluation iterate (sharded by rank, gathered by index).
+"""The LightningDataModule: datasets, transforms, the nearest-neighbour training batches (and their state, which
+Lightning checkpoints through this module's ``state_dict``), and the deterministic loaders that the teacher's
+embedding pass and the evaluation iterate (sharded by rank, gathered by index).
 
 Images stream from disk through ``data.num_workers`` worker processes (persistent for the training loader, each
 loading ``data.prefetch_factor`` batches ahead), into pinned memory when training on CUDA."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -14,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
-from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler
+from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler, neighbour_table
 from plm_lightning.data.transforms import (
     NATURAL_CROP_SCALE,
     BatchRandomAffine,
@@ -60,7 +62,8 @@ class _StartOnFirstBatch:
 class LazyStartDataLoader(DataLoader):
     """A DataLoader whose worker processes start drawing batches at the first batch, not at iter(). Lightning calls
     iter() on the training loader before on_train_epoch_start (first epoch, resumed epoch), and worker processes
-    prefetch indices from the batch sampler at once; its neighbour table and epoch are set only in that hook."""
+    prefetch indices from the batch sampler at once; the epoch's batches are fixed only in that hook
+    (RetrievalDataModule.start_epoch), from the teacher as it is then."""
 
     def __iter__(self):
         return _StartOnFirstBatch(self)
@@ -77,6 +80,19 @@ def augmentation_knobs(cfg: DataConfig) -> dict[str, Any]:
     }
 
 
+# What a training method supplies for nearest-neighbour batches: a loader over the training split (eval transform,
+# this rank's shard) in, the embeddings of the whole split (all ranks gathered, dataset order) out.
+SplitEmbedder = Callable[[DataLoader], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class NeighbourRefresh:
+    """What one rebuild of the nearest-neighbour table used and produced (PLM initialises its proxies from it)."""
+
+    embeddings: torch.Tensor  # N x d, dataset order
+    table: torch.Tensor  # N x k dataset indices, each row starting with the point itself
+
+
 class RetrievalDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -86,14 +102,17 @@ class RetrievalDataModule(L.LightningDataModule):
         input_space: str = "any",
         seed: int = 0,
         sampling: str = "neighbours",
+        neighbour_backend: str = "auto",
     ):
         """backbone_channels / input_space: what the backbone takes (BackboneSpec; head.backbone_input_channels
         and head.backbone_input_space), so the transforms end in the preprocessing its weights expect.
-        sampling: "neighbours" (the method's nearest-neighbour batches) or "random" (the supervised reference)."""
+        sampling: "neighbours" (the method's nearest-neighbour batches) or "random" (the supervised reference).
+        neighbour_backend: the k-NN engine that builds the neighbour table (eval.backend)."""
         super().__init__()
         if sampling not in ("neighbours", "random"):
             raise ValueError(f"sampling must be 'neighbours' or 'random', got {sampling!r}")
         self.sampling = sampling
+        self.neighbour_backend = neighbour_backend
         self.cfg = cfg
         self.seed = seed
         self.dataset_cls = DATASETS[cfg.name]
@@ -105,6 +124,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.batch_sampler: Optional[NearestNeighbourBatchSampler | RandomBatchSampler] = None
         # The training augmentation done on whole batches (upright images: digits, glyphs), or None.
         self.batch_augmentation: Optional[BatchRandomAffine] = None
+        # A checkpoint's batching state that arrived before setup() built the sampler (see load_state_dict).
+        self._pending_state: Optional[dict[str, Any]] = None
 
     def _transform(self, train: bool):
         cls = self.dataset_cls
@@ -173,6 +194,59 @@ class RetrievalDataModule(L.LightningDataModule):
                 self.batch_sampler = NearestNeighbourBatchSampler(
                     n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world
                 )
+            if self._pending_state is not None:
+                state, self._pending_state = self._pending_state, None
+                self.load_state_dict(state)
+
+    # --- the epoch's batches and their state (exact resume) -----------------------------------------------------
+    def start_epoch(self, epoch: int, embed_split: Optional[SplitEmbedder] = None) -> Optional[NeighbourRefresh]:
+        """Fix the epoch's training batches before the first is drawn (called from the training module's
+        on_train_epoch_start). Nearest-neighbour batching rebuilds its table from ``embed_split`` (the training
+        method's teacher) on the first epoch and then every ``data.refresh_every`` epochs; returns what that
+        rebuild used and produced, or None when the table was kept (or the batches are random)."""
+        sampler = self.batch_sampler
+        if sampler is None or self.train_eval_set is None:
+            raise RuntimeError("RetrievalDataModule.start_epoch before setup('fit')")
+        refresh = None
+        if isinstance(sampler, NearestNeighbourBatchSampler) and (
+            sampler.neighbours is None or epoch % self.cfg.refresh_every == 0
+        ):
+            if embed_split is None:
+                raise RuntimeError("nearest-neighbour batches need the training split's embeddings (embed_split)")
+            embeddings = embed_split(self.train_embedding_dataloader())
+            if embeddings.shape[0] != len(self.train_eval_set):
+                raise RuntimeError(
+                    f"the embedding pass gave {embeddings.shape[0]} of {len(self.train_eval_set)} images"
+                )
+            table = neighbour_table(embeddings, self.cfg.neighbours_per_seed, backend=self.neighbour_backend)
+            sampler.set_neighbours(table)
+            refresh = NeighbourRefresh(embeddings, table)
+        # Lightning sets the epoch of samplers, not of a custom batch sampler: the order depends on it.
+        sampler.set_epoch(epoch)
+        return refresh
+
+    def state_dict(self) -> dict[str, Any]:
+        """The batching state a resumed run needs (Lightning stores it in every checkpoint): the sampler's epoch,
+        and the neighbour table when it outlives an epoch (data.refresh_every > 1: a resumed run must keep using
+        the table the uninterrupted run still uses, not rebuild it from a later teacher)."""
+        sampler = self.batch_sampler
+        if sampler is None:
+            return {}
+        state: dict[str, Any] = {"epoch": int(sampler.epoch)}
+        neighbours = getattr(sampler, "neighbours", None)
+        if self.cfg.refresh_every > 1 and neighbours is not None:
+            state["neighbours"] = neighbours.clone()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.batch_sampler is None:  # Lightning restores before setup() when a strategy asks it to
+            self._pending_state = dict(state_dict)
+            return
+        if "epoch" in state_dict:
+            self.batch_sampler.set_epoch(int(state_dict["epoch"]))
+        neighbours = state_dict.get("neighbours")
+        if neighbours is not None and isinstance(self.batch_sampler, NearestNeighbourBatchSampler):
+            self.batch_sampler.set_neighbours(neighbours)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches of the upright-image family get their random affine here, on the training device (the

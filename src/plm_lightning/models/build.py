@@ -27,6 +27,7 @@ def build_model(cfg: DictConfig) -> tuple[EmbeddingModule, RetrievalDataModule]:
         input_space=backbone_input_space(cfg.model.backbone),
         seed=cfg.run.seed,
         sampling="random" if supervised else "neighbours",
+        neighbour_backend=cfg.eval.backend,
     )
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     if supervised:

@@ -1,9 +1,11 @@
 """What every training method's LightningModule shares: the student embedder built from the config, the optimiser
-and learning-rate schedule, and exact resume (RNG states and the batch sampler's epoch in every checkpoint).
+and learning-rate schedule, and exact resume (the RNG states in every checkpoint; the DataModule keeps the batch
+sampler's).
 
 Subclasses: ``PLMModule`` (the method) and ``SupervisedModule`` (the labelled reference). A subclass adds its own
-parameter groups (``extra_param_groups``), per-epoch preparation (``prepare_epoch``) and resume state
-(``extra_resume_state`` / ``restore_resume_state``).
+parameter groups (``extra_param_groups``) and, for nearest-neighbour batches, the embeddings they are built from
+(``embed_training_split``, called by ``RetrievalDataModule.start_epoch``) and what follows a rebuild
+(``on_neighbours_refreshed``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from plm_lightning.data.datamodule import NeighbourRefresh
 from plm_lightning.models.head import build_embedder
 from plm_lightning.utils.rng import collect_rng_states, set_rng_states
 
@@ -49,12 +52,14 @@ class EmbeddingModule(L.LightningModule):
         return self.student(images)
 
     # --- per epoch -----------------------------------------------------------------------------------------------
-    def prepare_epoch(self, datamodule, epoch: int) -> None:
-        """Work at the start of every epoch, before the batch order is fixed (PLM: the neighbour table)."""
+    def embed_training_split(self, loader) -> torch.Tensor:
+        """The embeddings nearest-neighbour batches are built from (PLM: the teacher's), for the DataModule."""
+        raise NotImplementedError(f"{type(self).__name__} trains on random batches and embeds no training split")
+
+    def on_neighbours_refreshed(self, refresh: NeighbourRefresh) -> None:
+        """Called after the DataModule rebuilt its neighbour table (PLM: the first time, the proxies start there)."""
 
     def on_train_epoch_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        sampler = datamodule.batch_sampler
         if self._resume_state is not None:
             # Restored here, not in on_load_checkpoint: this is the first point of the resumed run that has a
             # counterpart in the uninterrupted one (the checkpoint is written at the end of the previous epoch and
@@ -62,35 +67,31 @@ class EmbeddingModule(L.LightningModule):
             # here. The training loader has its own generator (RetrievalDataModule.train_dataloader): Lightning
             # creates its first iterator before this hook, and that would otherwise draw from the global RNG.
             state, self._resume_state = self._resume_state, None
-            self.restore_resume_state(state, sampler)
             if state.get("rng") is not None:
                 set_rng_states(state["rng"])
-        self.prepare_epoch(datamodule, self.trainer.current_epoch)
-        # Lightning calls set_epoch on samplers, not on custom batch samplers: the order depends on it.
-        sampler.set_epoch(self.trainer.current_epoch)
+        # The DataModule owns the batching; this module supplies the embeddings it is built from.
+        refresh = self.trainer.datamodule.start_epoch(self.trainer.current_epoch, self.embed_training_split)
+        if refresh is not None:
+            self.on_neighbours_refreshed(refresh)
 
     # --- checkpoints (exact resume) --------------------------------------------------------------------------------
-    def extra_resume_state(self, sampler) -> dict[str, Any]:
-        return {}
-
-    def restore_resume_state(self, state: dict[str, Any], sampler) -> None:
-        """Apply what extra_resume_state saved (before the RNG states are restored and prepare_epoch runs)."""
-
+    # The batch sampler's state is the DataModule's (its state_dict, which Lightning checkpoints); the RNG states
+    # are the process's and travel here.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Any] = {"rng": collect_rng_states()}
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        sampler = getattr(datamodule, "batch_sampler", None)
-        if sampler is not None:
-            state["sampler_epoch"] = int(sampler.epoch)
-            state.update(self.extra_resume_state(sampler))
-        checkpoint["plm_resume"] = state
+        checkpoint["plm_resume"] = {"rng": collect_rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_state = checkpoint.get("plm_resume")
+        legacy = {k: v for k, v in (self._resume_state or {}).items() if k in ("sampler_epoch", "neighbours")}
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        sampler = getattr(datamodule, "batch_sampler", None)
-        if self._resume_state is not None and sampler is not None and "sampler_epoch" in self._resume_state:
-            sampler.set_epoch(self._resume_state["sampler_epoch"])
+        if legacy and datamodule is not None and type(datamodule).__qualname__ not in checkpoint:
+            # Checkpoints written before the DataModule held the batching state kept it here.
+            datamodule.load_state_dict(
+                {
+                    "epoch": legacy.get("sampler_epoch", 0),
+                    **({"neighbours": legacy["neighbours"]} if "neighbours" in legacy else {}),
+                }
+            )
 
     def require_finite(self, **tensors: torch.Tensor) -> None:
         """TrainingDiverged if any of the named tensors holds NaN or inf (the first such, in argument order).

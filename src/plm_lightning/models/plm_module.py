@@ -2,8 +2,9 @@
 
 One training step (docs/architecture.md): images -> student embeddings z and teacher embeddings x -> pieces of x ->
 similarities (point-point, point-proxy) -> loss -> optimiser step -> EMA update of the teacher. Once per epoch (or
-every ``data.refresh_every`` epochs) the teacher embeds the whole training split and the nearest-neighbour batch
-sampler is rebuilt from it. Labels never reach this module's loss. It holds no evaluation logic (callbacks do).
+every ``data.refresh_every`` epochs) the DataModule rebuilds its nearest-neighbour batches from the teacher's
+embeddings of the whole training split (``embed_training_split``). Labels never reach this module's loss. It holds
+no evaluation logic (callbacks do).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 
 import torch
 
-from plm_lightning.data.datamodule import RetrievalDataModule
-from plm_lightning.data.sampler import neighbour_table
+from plm_lightning.data.datamodule import NeighbourRefresh
 from plm_lightning.data.transforms import flatten_views
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
 from plm_lightning.manifold.similarity import teacher_space
@@ -48,50 +48,29 @@ class PLMModule(EmbeddingModule):
         self.teacher.eval()  # the teacher always uses its averaged batch-norm statistics
         return self
 
-    # --- nearest-neighbour batches -------------------------------------------------------------------------------
+    # --- nearest-neighbour batches (built by the DataModule from these embeddings) -------------------------------
     def _autocast(self):
         return self.trainer.precision_plugin.forward_context()
 
     @torch.no_grad()
-    def teacher_embeddings(self, datamodule: RetrievalDataModule) -> torch.Tensor:
-        """Teacher embeddings of the whole training split (eval transform), in dataset order, on every rank."""
-        loader = datamodule.train_embedding_dataloader()
+    def embed_training_split(self, loader) -> torch.Tensor:
+        """Teacher embeddings of the training split (``loader``: this rank's shard, eval transform), gathered from
+        every rank in dataset order, in the teacher's space (normalised as the loss sees them)."""
         idx, emb, lab = embed_loader(self.teacher, loader, self.device, self._autocast)
         idx, emb, _ = gather_by_index(self.all_gather, self.trainer.world_size, idx, emb, lab)
-        if idx.numel() != len(datamodule.train_eval_set):
-            raise RuntimeError(f"teacher pass gathered {idx.numel()} of {len(datamodule.train_eval_set)} images")
-        return teacher_space(emb, self.cfg.method.normalize_teacher)
+        emb = teacher_space(emb, self.cfg.method.normalize_teacher)
+        self.require_finite(**{"teacher's embeddings of the training split": emb})
+        return emb
 
     @torch.no_grad()
-    def refresh_neighbours(self, datamodule: RetrievalDataModule) -> None:
-        emb = self.teacher_embeddings(datamodule)
-        self.require_finite(**{"teacher's embeddings of the training split": emb})
-        table = neighbour_table(emb, self.cfg.data.neighbours_per_seed, backend=self.cfg.eval.backend)
-        datamodule.batch_sampler.set_neighbours(table)
+    def on_neighbours_refreshed(self, refresh: NeighbourRefresh) -> None:
         if self.proxies is not None and not bool(self.proxies.initialized):
             # Same seed on every rank and identical gathered embeddings: identical proxies everywhere.
             generator = torch.Generator().manual_seed(self.cfg.run.seed)
             if self.cfg.method.proxy_init == "random":
                 self.proxies.initialise_random_(generator)
             else:
-                self.proxies.initialise_(emb.to(self.device), table.to(self.device), generator)
-
-    def prepare_epoch(self, datamodule: RetrievalDataModule, epoch: int) -> None:
-        if datamodule.batch_sampler.neighbours is None or epoch % self.cfg.data.refresh_every == 0:
-            self.refresh_neighbours(datamodule)
-
-    # --- checkpoints (exact resume) --------------------------------------------------------------------------------
-    # The teacher and the proxies (with their ``initialized`` buffer) are submodules and travel in the state_dict.
-    def extra_resume_state(self, sampler) -> dict[str, Any]:
-        # The table is rebuilt from the teacher at the start of an epoch only every refresh_every epochs; in
-        # between, a resumed run needs the table that the uninterrupted run still uses.
-        if self.cfg.data.refresh_every > 1 and sampler.neighbours is not None:
-            return {"neighbours": sampler.neighbours.clone()}
-        return {}
-
-    def restore_resume_state(self, state: dict[str, Any], sampler) -> None:
-        if state.get("neighbours") is not None and sampler.neighbours is None:
-            sampler.set_neighbours(state["neighbours"])
+                self.proxies.initialise_(refresh.embeddings.to(self.device), refresh.table.to(self.device), generator)
 
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
