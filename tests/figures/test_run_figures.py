@@ -7,7 +7,6 @@ from PIL import Image
 
 from plm_lightning.figures.run_figures import (
     embedding_projection,
-    nearest_excluding_self,
     pair_similarities,
     pca_2d,
     query_choice,
@@ -90,12 +89,6 @@ def test_pca_is_deterministic_and_matches_the_principal_axes():
     assert pca_2d(np.zeros((0, 3))).shape == (0, 2)
     fig = embedding_projection(x, np.repeat([0, 1], 100))
     assert len(fig.axes[0].collections) == 2
-
-
-def test_nearest_excluding_self_removes_the_query_by_index_and_breaks_ties_by_index():
-    emb = np.array([[1, 0], [1, 0], [0, 1], [1, 0.1]], dtype=np.float32)
-    nn = nearest_excluding_self(emb, [0, 1], 2)
-    assert nn.tolist() == [[1, 3], [0, 3]]  # the duplicate comes first, never the query itself
 
 
 def test_pair_similarities_on_separated_classes():

@@ -3,14 +3,15 @@
 test loader (sharded by rank) -> student embeddings with dataset indices -> gather across ranks -> drop duplicate
 indices -> retrieval core on rank 0, on the training device (same-set; or query -> gallery where the dataset has a
 ``query_mask``: In-Shop) -> the same numbers broadcast to every rank -> logger (``val/R@1`` ..., ``val/R@1_best``),
-metrics.json in the run directory, and a Recall@K table at the end.
+metrics.json in the run directory, and a Recall@K table at the end. On rank 0 each evaluation's
+``RetrievalResult`` (the metrics and the embeddings they came from) goes to the subscribers (the run's figures).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -18,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
-from plm_lightning.retrieval import evaluate_split, format_recall_table
+from plm_lightning.retrieval import RetrievalResult, evaluate_split, format_recall_table
 from plm_lightning.utils.io import atomic_write_text, json_safe
 
 
@@ -57,9 +58,13 @@ class RetrievalEvaluation(Callback):
         self.history: list[dict[str, Any]] = []
         self.best: Optional[dict[str, float]] = None
         self.best_epoch: Optional[int] = None
-        # The last evaluated test split (rank 0 only; row i is dataset index i), for callbacks that plot it.
-        self.last_embeddings: Optional[torch.Tensor] = None
-        self.last_labels: Optional[torch.Tensor] = None
+        # Called on rank 0 with every evaluation's result, after the history holds it (subscribe()).
+        self._subscribers: list[Callable[[RetrievalResult], None]] = []
+
+    def subscribe(self, receive: Callable[[RetrievalResult], None]) -> None:
+        """``receive(result)`` after every evaluation, on rank 0 (where the result is computed); the history and
+        the best metric already include it."""
+        self._subscribers.append(receive)
 
     def check_split(self, dataset, name: str) -> None:
         """DatasetError (one line) when the test split cannot give the configured Recall@K: every query needs
@@ -77,24 +82,32 @@ class RetrievalEvaluation(Callback):
             )
 
     # --- computing -----------------------------------------------------------------------------------------------
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[dict[str, float], Optional[RetrievalResult]]:
+        """The metrics (the same on every rank) and, on rank 0, the result they came from (None elsewhere)."""
         loader = trainer.datamodule.test_embedding_dataloader()
         autocast = trainer.precision_plugin.forward_context
         idx, emb, lab = embed_loader(pl_module.student, loader, pl_module.device, autocast)
         idx, emb, lab = gather_by_index(pl_module.all_gather, trainer.world_size, idx, emb, lab)
         if hasattr(pl_module, "require_finite"):  # a diverged network: one clear line, not the metric's ValueError
             pl_module.require_finite(**{"embeddings of the test split": emb})
-        metrics = None
+        metrics, result = None, None
         if trainer.is_global_zero:
-            self.last_embeddings, self.last_labels = emb.cpu(), lab.cpu()
             # On a GPU the exact rank engine is several times faster than on the CPU (docs/benchmarks.md), and its
             # tiles are bounded by eval.memory_budget_mb.
             device = pl_module.device if self.on_device else torch.device("cpu")
             emb, lab = emb.to(device), lab.cpu()
             query = getattr(trainer.datamodule.test_set, "query_mask", None)  # In-Shop: query -> gallery
-            metrics = evaluate_split(emb, lab, self.ks, query_mask=query, **self.options)
+            result = evaluate_split(emb, lab, self.ks, query_mask=query, **self.options)
+            metrics = result.metrics
         # One computation, the same numbers on every rank.
-        return trainer.strategy.broadcast(metrics, src=0)
+        return trainer.strategy.broadcast(metrics, src=0), result
+
+    def _publish(self, result: Optional[RetrievalResult]) -> None:
+        if result is not None:
+            for receive in self._subscribers:
+                receive(result)
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -103,16 +116,17 @@ class RetrievalEvaluation(Callback):
     # --- hooks ---------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.before_training and self.initial is None and trainer.current_epoch == 0:
-            self.initial = self.evaluate(trainer, pl_module)
+            self.initial, result = self.evaluate(trainer, pl_module)
             # Logged at step 0, before any update, so curves start at the untrained network.
             for logger in trainer.loggers:
                 logger.log_metrics({f"val/{k}": v for k, v in self.initial.items()} | {"epoch": -1}, step=0)
             rank_zero_info(f"initial (before training): {_one_line(self.initial)}")
+            self._publish(result)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
-        metrics = self.evaluate(trainer, pl_module)
+        metrics, result = self.evaluate(trainer, pl_module)
         epoch = trainer.current_epoch
         self.history.append({"epoch": epoch, **metrics})
         if self.best is None or metrics[self.monitor] > self.best[self.monitor]:
@@ -123,6 +137,7 @@ class RetrievalEvaluation(Callback):
         pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=False)
         rank_zero_info(f"epoch {epoch}: {_one_line(metrics)}")
         self._write(trainer)
+        self._publish(result)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)

@@ -7,16 +7,19 @@
   embeddings, same-class vs different-class pairs;
 - ``embeddings_pca.png``: the test embeddings projected on their first two principal components, by class.
 
-Everything is drawn from what the evaluation callback already computed (its history and its last test
-embeddings); only rank 0 draws. Labels are read here for display only.
+Everything is drawn from what the evaluation already computed: its history, and the ``RetrievalResult`` of its last
+evaluation, which it hands over (``RetrievalEvaluation.subscribe``) with the ranking the grid shows; only rank 0
+draws. Labels are read here for display only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
@@ -24,7 +27,6 @@ from omegaconf import DictConfig
 from plm_lightning.callbacks.retrieval_evaluation import RetrievalEvaluation
 from plm_lightning.figures.run_figures import (
     embedding_projection,
-    nearest_excluding_self,
     pair_similarities,
     query_choice,
     raw_image,
@@ -34,6 +36,7 @@ from plm_lightning.figures.run_figures import (
     save_figure,
 )
 from plm_lightning.models.similarity_estimator import build_similarity
+from plm_lightning.retrieval import RetrievalResult
 
 PLOTS_DIR = "plots"
 
@@ -56,12 +59,17 @@ class RunPlots(Callback):
         self.top_k = top_k
         self.max_similarity_batches = max_similarity_batches
         self.written: dict[str, Path] = {}
-        self._drawn = 0  # evaluations in the last Recall@K curve
+        self.last_result: Optional[RetrievalResult] = None
+        evaluation.subscribe(self.on_evaluation)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs after the evaluation callback (registered first), so a due evaluation is already in the history.
-        if trainer.is_global_zero and len(self.evaluation.history) > self._drawn:
-            self._recall()
+    def on_evaluation(self, result: RetrievalResult) -> None:
+        """After each evaluation (rank 0): keep its result for the test-split figures; redraw the Recall@K curve."""
+        self.last_result = result
+        if self.evaluation.history:
+            try:
+                self._recall()
+            except Exception as exc:  # a figure is never worth losing a run
+                rank_zero_warn(f"plots: could not draw recall.png: {type(exc).__name__}: {exc}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -69,9 +77,9 @@ class RunPlots(Callback):
         try:
             if self.evaluation.history:
                 self._recall()
-            emb, lab = self._test_embeddings(trainer, pl_module)
-            if emb is not None and emb.shape[0] > 2:
-                self._test_split_plots(trainer, emb, lab)
+            result = self.last_result or self._evaluate_here(trainer, pl_module)
+            if result is not None and result.embeddings.shape[0] > 2:
+                self._test_split_plots(trainer, result)
         except Exception as exc:  # a figure is never worth losing a finished run
             rank_zero_warn(f"plots: could not draw the run's figures: {type(exc).__name__}: {exc}")
             return
@@ -85,40 +93,47 @@ class RunPlots(Callback):
 
     def _recall(self) -> None:
         self._save("recall", recall_curve(self.evaluation.history, self.evaluation.ks, self.evaluation.initial))
-        self._drawn = len(self.evaluation.history)
 
-    def _test_embeddings(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        if self.evaluation.last_embeddings is not None:
-            return self.evaluation.last_embeddings.numpy(), self.evaluation.last_labels.numpy()
-        # Nothing evaluated in this invocation (e.g. resumed after the last epoch): embed the test split here.
+    def _evaluate_here(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[RetrievalResult]:
+        """Nothing evaluated in this invocation (e.g. resumed after the last epoch): embed the test split here."""
         from torch.utils.data import DataLoader
 
         from plm_lightning.models.embedding_pass import embed_loader
 
         test_set = trainer.datamodule.test_set
         if test_set is None:
-            return None, None
+            return None
         loader = DataLoader(test_set, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
         _, emb, lab = embed_loader(
             pl_module.student, loader, pl_module.device, trainer.precision_plugin.forward_context
         )
-        return emb.cpu().numpy(), lab.cpu().numpy()
+        query = getattr(test_set, "query_mask", None)
+        return RetrievalResult(
+            metrics={},
+            embeddings=emb.cpu(),
+            labels=lab.cpu(),
+            query_mask=None if query is None else torch.as_tensor(query, dtype=torch.bool),
+            normalize=bool(self.cfg.eval.normalize),
+        )
 
-    def _test_split_plots(self, trainer: L.Trainer, emb: np.ndarray, lab: np.ndarray) -> None:
-
+    def _test_split_plots(self, trainer: L.Trainer, result: RetrievalResult) -> None:
         cfg = self.cfg
-        normalize = bool(cfg.eval.normalize)
+        emb, lab = result.embeddings.numpy(), result.labels.numpy()
         test_set = trainer.datamodule.test_set
         if test_set is not None and getattr(test_set, "augmentation", "") != "vector":
-            queries = query_choice(lab, self.num_queries)
-            neighbours = nearest_excluding_self(emb, queries, self.top_k, normalize=normalize)
+            candidates = np.arange(len(lab))
+            if result.query_mask is not None:  # In-Shop: the grid shows queries searching the gallery
+                candidates = np.flatnonzero(result.query_mask.numpy())
+            queries = [int(candidates[i]) for i in query_choice(lab[candidates], self.num_queries)]
+            _, found = result.search(queries, self.top_k)
+            neighbours = [[int(j) for j in row if j >= 0] for row in found]
             grid = retrieval_grid(
                 [raw_image(test_set.load(q)) for q in queries],
-                [[raw_image(test_set.load(int(j))) for j in row] for row in neighbours],
+                [[raw_image(test_set.load(j)) for j in row] for row in neighbours],
                 matches=[[bool(lab[j] == lab[q]) for j in row] for q, row in zip(queries, neighbours)],
                 captions=[[f"{r + 1}: {lab[j]}" for r, j in enumerate(row)] for row in neighbours],
                 query_captions=[f"query: {lab[q]}" for q in queries],
-                title=f"{cfg.data.name} test split: top-{neighbours.shape[1]} (green = same class)",
+                title=f"{cfg.data.name} test split: top-{max(len(row) for row in neighbours)} (green = same class)",
             )
             self._save("retrieval_grid", grid)
         if cfg.method.name == "plm":  # the supervised reference has no similarity estimator

@@ -396,7 +396,7 @@ def evaluate_checkpoint(
         message = singleton_note(lab.numpy())
     from plm_lightning.retrieval import evaluate_split
 
-    metrics = evaluate_split(emb, lab, ks, query_mask=query, **options)
+    metrics = evaluate_split(emb, lab, ks, query_mask=query, **options).metrics
     if message:
         note(message)
     return metrics

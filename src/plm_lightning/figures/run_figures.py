@@ -230,21 +230,6 @@ def embedding_projection(
 
 
 # --- the numbers behind the grid and the histograms ---------------------------------------------------------------
-def nearest_excluding_self(
-    embeddings: np.ndarray, queries: Sequence[int], k: int, *, normalize: bool = True
-) -> np.ndarray:
-    """The k nearest items (by Euclidean distance, on L2-normalised rows with ``normalize``) of each query row of
-    the same set, the query itself removed by index, ties to the smaller index: len(queries) x k indices."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    if normalize:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    q = np.asarray(list(queries), dtype=np.int64)
-    k = min(k, x.shape[0] - 1)
-    dist = ((x[q][:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    dist[np.arange(len(q)), q] = np.inf
-    return np.argsort(dist, axis=1, kind="stable")[:, :k]
-
-
 def pair_similarities(
     embeddings,
     labels,

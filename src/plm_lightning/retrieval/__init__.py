@@ -6,6 +6,7 @@ Independent of Lightning: plain torch (faiss optional).
 from .evaluate import evaluate_embeddings, evaluate_query_gallery, evaluate_split, format_recall_table
 from .metrics import map_at_r, nmi, r_precision, recall_at_k
 from .ranks import PositiveRanks, positive_ranks
+from .result import RetrievalResult
 from .search import faiss_available, knn_search
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "PositiveRanks",
     "positive_ranks",
     "r_precision",
+    "RetrievalResult",
     "recall_at_k",
 ]

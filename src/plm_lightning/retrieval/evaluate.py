@@ -30,6 +30,7 @@ from .metrics import (
     recall_at_k,
 )
 from .ranks import PositiveRanks, positive_ranks
+from .result import RetrievalResult
 from .search import _resolve_backend, knn_search
 
 __all__ = ["evaluate_embeddings", "evaluate_query_gallery", "evaluate_split", "format_recall_table"]
@@ -193,17 +194,27 @@ def evaluate_split(
     *,
     query_mask: torch.Tensor | None = None,
     **options: Any,
-) -> dict[str, float]:
-    """A test split's metrics under its protocol: every item queries all the others (same-set), or, for a split
+) -> RetrievalResult:
+    """A test split evaluated under its protocol: every item queries all the others (same-set), or, for a split
     with a query mask (In-Shop), the rows of the mask query the rest of the split (the gallery). ``options`` are
-    those of :func:`evaluate_embeddings`. The one entry point of training-time and checkpoint evaluation."""
+    those of :func:`evaluate_embeddings`. The one entry point of training-time and checkpoint evaluation; the
+    result holds the metrics and the (CPU) embeddings they came from, for figures and searches over the split."""
     if query_mask is None:
-        return evaluate_embeddings(embeddings, labels, ks, **options)
-    query = torch.as_tensor(query_mask, dtype=torch.bool, device=embeddings.device)
-    labels = torch.as_tensor(labels)
-    cpu_query = query.cpu()
-    return evaluate_query_gallery(
-        embeddings[query], labels[cpu_query], embeddings[~query], labels[~cpu_query], ks, **options
+        metrics = evaluate_embeddings(embeddings, labels, ks, **options)
+        mask = None
+    else:
+        query = torch.as_tensor(query_mask, dtype=torch.bool, device=embeddings.device)
+        labels = torch.as_tensor(labels)
+        mask = query.cpu()
+        metrics = evaluate_query_gallery(
+            embeddings[query], labels[mask], embeddings[~query], labels[~mask], ks, **options
+        )
+    return RetrievalResult(
+        metrics=metrics,
+        embeddings=embeddings.detach().cpu(),
+        labels=torch.as_tensor(labels).cpu(),
+        query_mask=mask,
+        normalize=bool(options.get("normalize", True)),
     )
 
 
