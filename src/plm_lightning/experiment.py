@@ -163,23 +163,23 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
         # Requeue at an epoch boundary, which resumes exactly, instead of Lightning's mid-step hpc checkpoint.
         plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks.append(SlurmRequeue())
-    t = cfg.trainer
-    world = t.devices * t.num_nodes
+    trainer_cfg = cfg.trainer
+    world = trainer_cfg.devices * trainer_cfg.num_nodes
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
         enable_model_summary=False,  # ParameterSummary in the callbacks prints it
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
+        max_epochs=trainer_cfg.max_epochs,
+        max_steps=trainer_cfg.max_steps,
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        num_nodes=trainer_cfg.num_nodes,
+        precision=trainer_cfg.precision,
         strategy="ddp" if world > 1 else "auto",
-        deterministic=t.deterministic,
-        gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches,
-        enable_progress_bar=t.enable_progress_bar,
+        deterministic=trainer_cfg.deterministic,
+        gradient_clip_val=trainer_cfg.gradient_clip_val,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
+        limit_train_batches=trainer_cfg.limit_train_batches,
+        enable_progress_bar=trainer_cfg.enable_progress_bar,
         # The nearest-neighbour batch sampler shards batches by rank itself; evaluation uses no Lightning loop.
         use_distributed_sampler=False,
         num_sanity_val_steps=0,

@@ -145,15 +145,15 @@ def reference_metrics(cfg: DictConfig, which: str) -> dict[str, float]:
         emb, lab = raw_features(loader)
     else:
         _, emb, lab = embed_loader(module.student, loader, torch.device("cpu"))
-    e = cfg.eval
+    evaluation = cfg.eval
     return evaluate_embeddings(
         emb,
         lab,
-        list(e.ks),
-        backend=e.backend,
-        normalize=e.normalize,
-        map_r=e.map_r,
-        compute_nmi=e.nmi,
+        list(evaluation.ks),
+        backend=evaluation.backend,
+        normalize=evaluation.normalize,
+        map_r=evaluation.map_r,
+        compute_nmi=evaluation.nmi,
         seed=cfg.run.seed,
     )
 

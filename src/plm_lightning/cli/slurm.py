@@ -124,21 +124,25 @@ def apply_request(cfg: DictConfig, args: argparse.Namespace) -> DictConfig:
         raise RequestError(f"{flag} must be at least 1, got {per_node}{hint}")
     if args.nodes < 1:
         raise RequestError(f"--nodes must be at least 1, got {args.nodes}")
-    t = cfg.trainer
-    if t.devices not in (1, per_node):  # 1 is the schema default: the request sets it
-        raise RequestError(f"trainer.devices={t.devices} in the config contradicts {flag} {per_node}; drop one of them")
-    if t.num_nodes not in (1, args.nodes):
+    configured = cfg.trainer
+    if configured.devices not in (1, per_node):  # 1 is the schema default: the request sets it
         raise RequestError(
-            f"trainer.num_nodes={t.num_nodes} in the config contradicts --nodes {args.nodes}; drop one of them"
+            f"trainer.devices={configured.devices} in the config contradicts {flag} {per_node}; drop one of them"
         )
-    accelerator = str(t.accelerator).lower()
+    if configured.num_nodes not in (1, args.nodes):
+        raise RequestError(
+            f"trainer.num_nodes={configured.num_nodes} in the config contradicts --nodes {args.nodes}; drop one of them"
+        )
+    accelerator = str(configured.accelerator).lower()
     if gpu and accelerator not in ("auto", "gpu", "cuda"):
         raise RequestError(
-            f"trainer.accelerator={t.accelerator} in the config contradicts --gpus-per-node; "
+            f"trainer.accelerator={configured.accelerator} in the config contradicts --gpus-per-node; "
             "override trainer.accelerator=gpu, or use --cpu-tasks-per-node"
         )
     if not gpu and accelerator not in ("auto", "cpu"):
-        raise RequestError(f"trainer.accelerator={t.accelerator} in the config contradicts --cpu-tasks-per-node")
+        raise RequestError(
+            f"trainer.accelerator={configured.accelerator} in the config contradicts --cpu-tasks-per-node"
+        )
     return OmegaConf.merge(
         cfg, {"trainer": {"devices": per_node, "num_nodes": args.nodes, "accelerator": "gpu" if gpu else "cpu"}}
     )

@@ -185,18 +185,18 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     ):
         value = _get(cfg, key)
         _require(value >= 0, key, value, "must be non-negative")
-    m = cfg.method.ema_momentum
-    _require(0 <= m < 1, "method.ema_momentum", m, "must be in [0, 1)")
-    t = cfg.method.binary_threshold
-    _require(t is None or 0 < t <= 1, "method.binary_threshold", t, "must be in (0, 1] or null")
+    momentum = cfg.method.ema_momentum
+    _require(0 <= momentum < 1, "method.ema_momentum", momentum, "must be in [0, 1)")
+    threshold = cfg.method.binary_threshold
+    _require(threshold is None or 0 < threshold <= 1, "method.binary_threshold", threshold, "must be in (0, 1] or null")
     f = cfg.data.train_class_fraction
     _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
-    ltb = cfg.trainer.limit_train_batches
-    _require(ltb is None or ltb > 0, "trainer.limit_train_batches", ltb, "must be positive or null")
+    limit = cfg.trainer.limit_train_batches
+    _require(limit is None or limit > 0, "trainer.limit_train_batches", limit, "must be positive or null")
     _require(
-        ltb is None or ltb <= 1 or float(ltb).is_integer(),
+        limit is None or limit <= 1 or float(limit).is_integer(),
         "trainer.limit_train_batches",
-        ltb,
+        limit,
         "a fraction of the epoch (at most 1.0) or a whole number of batches",
     )
     _require(
@@ -216,8 +216,8 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     if weights is not None:
         _require(Path(weights).expanduser().is_file(), "model.weights", weights, "file does not exist")
 
-    sae = cfg.trainer.stop_after_epochs
-    _require(sae is None or sae > 0, "trainer.stop_after_epochs", sae, "must be positive or null")
+    stop_after = cfg.trainer.stop_after_epochs
+    _require(stop_after is None or stop_after > 0, "trainer.stop_after_epochs", stop_after, "must be positive or null")
     resume = cfg.resume
     if resume == "auto":
         _require(bool(cfg.run.dir), "resume", resume, "'auto' needs run.dir set")

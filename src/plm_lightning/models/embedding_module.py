@@ -34,16 +34,16 @@ class EmbeddingModule(L.LightningModule):
         self.save_hyperparameters({"config": config, "in_channels": in_channels, **hparams})
         cfg = OmegaConf.create(config)
         self.cfg = cfg
-        m = cfg.model
+        model = cfg.model
         self.student = build_embedder(
-            m.backbone,
-            embedding_dim=m.embedding_dim,
-            pooling=m.pooling,
-            pretrained=m.pretrained,
+            model.backbone,
+            embedding_dim=model.embedding_dim,
+            pooling=model.pooling,
+            pretrained=model.pretrained,
             in_channels=in_channels,
-            width=m.width,
-            freeze_bn=bool(m.get("freeze_bn", False)),  # absent in older checkpoints
-            weights=m.get("weights"),
+            width=model.width,
+            freeze_bn=bool(model.get("freeze_bn", False)),  # absent in older checkpoints
+            weights=model.get("weights"),
         )
         # Set by on_load_checkpoint, applied at the start of the first resumed epoch (see on_train_epoch_start).
         self._resume_state: Optional[dict[str, Any]] = None
@@ -112,39 +112,39 @@ class EmbeddingModule(L.LightningModule):
         return []
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        head_lr = o.head_lr if o.head_lr is not None else o.lr
+        optim = self.cfg.optim
+        head_lr = optim.head_lr if optim.head_lr is not None else optim.lr
         groups = [
             {
                 "params": list(self.student.backbone.parameters()),
-                "lr": o.lr,
-                "weight_decay": o.weight_decay,
+                "lr": optim.lr,
+                "weight_decay": optim.weight_decay,
                 "name": "backbone",
             },
             {
                 "params": list(self.student.head.parameters()),
                 "lr": head_lr,
-                "weight_decay": o.weight_decay,
+                "weight_decay": optim.weight_decay,
                 "name": "head",
             },
             *self.extra_param_groups(),
         ]
-        if o.name == "adamw":
+        if optim.name == "adamw":
             optimizer = torch.optim.AdamW(groups)
-        elif o.name == "adam":
+        elif optim.name == "adam":
             optimizer = torch.optim.Adam(groups)
         else:
-            optimizer = torch.optim.SGD(groups, momentum=o.momentum)
-        if o.scheduler == "none" and o.warmup_epochs == 0:
+            optimizer = torch.optim.SGD(groups, momentum=optim.momentum)
+        if optim.scheduler == "none" and optim.warmup_epochs == 0:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        warmup = o.warmup_epochs * per_epoch
+        warmup = optim.warmup_epochs * per_epoch
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            if o.scheduler == "none":
+            if optim.scheduler == "none":
                 return 1.0
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

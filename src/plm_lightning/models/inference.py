@@ -60,10 +60,10 @@ class TrainedModel:
 
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
         """The evaluation transform of the training data, for image files."""
-        d = self.cfg.data
+        data = self.cfg.data
         if self.family == "vector":
-            raise ValueError(f"the checkpoint's model embeds vectors ({d.name}), not images")
-        return self.eval_transform(d)
+            raise ValueError(f"the checkpoint's model embeds vectors ({data.name}), not images")
+        return self.eval_transform(data)
 
     def eval_transform(self, data_cfg: DictConfig) -> Callable[[Any], torch.Tensor]:
         """The evaluation transform for data described by ``data_cfg``, ending in the preprocessing the backbone's
@@ -181,18 +181,19 @@ def load_trained_model(ckpt: str | os.PathLike, device: Optional[str] = None) ->
         cfg = OmegaConf.merge(OmegaConf.structured(Config), hp["config"])
     except Exception as exc:
         raise ValueError(f"{ckpt}: its config does not fit this version's schema: {str(exc).splitlines()[0]}") from None
-    m = cfg.model
+    model = cfg.model
     in_channels = int(
-        hp.get("in_channels") or backbone_input_channels(m.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
+        hp.get("in_channels")
+        or backbone_input_channels(model.backbone, DATASETS[cfg.data.name].input_channels(cfg.data))
     )
     # pretrained=False: the checkpoint holds the trained weights; nothing is downloaded.
     student = build_embedder(
-        m.backbone,
-        embedding_dim=m.embedding_dim,
-        pooling=m.pooling,
+        model.backbone,
+        embedding_dim=model.embedding_dim,
+        pooling=model.pooling,
         pretrained=False,
         in_channels=in_channels,
-        width=m.width,
+        width=model.width,
     )
     weights = {k[len("student.") :]: v for k, v in state["state_dict"].items() if k.startswith("student.")}
     require_finite({f"student.{k}": v for k, v in weights.items()}, str(ckpt))

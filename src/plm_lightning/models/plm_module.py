@@ -27,20 +27,22 @@ class PLMModule(EmbeddingModule):
         super().__init__(config, in_channels)
         cfg = self.cfg
         self.teacher = make_teacher(self.student)
-        me = cfg.method
+        method = cfg.method
         derived = derived_method_values(cfg)
         self.proxies = (
-            ProxyManifold(me.num_proxies, cfg.model.embedding_dim, me.piece_dim) if me.num_proxies > 0 else None
+            ProxyManifold(method.num_proxies, cfg.model.embedding_dim, method.piece_dim)
+            if method.num_proxies > 0
+            else None
         )
         self.criterion = PLMLoss(
             build_similarity(cfg),
-            delta=me.delta,
-            lambda_proxy=me.lambda_proxy,
-            lambda_nbhd=me.lambda_nbhd,
+            delta=method.delta,
+            lambda_proxy=method.lambda_proxy,
+            lambda_nbhd=method.lambda_nbhd,
             proxy_neighbours=derived["proxy_neighbours"],
-            proxy_pairs=me.proxy_pairs,
-            normalize_student=me.normalize_student,
-            normalize_teacher=me.normalize_teacher,
+            proxy_pairs=method.proxy_pairs,
+            normalize_student=method.normalize_student,
+            normalize_teacher=method.normalize_teacher,
         )
 
     def train(self, mode: bool = True):
@@ -100,11 +102,11 @@ class PLMModule(EmbeddingModule):
     def extra_param_groups(self) -> list[dict[str, Any]]:
         if self.proxies is None:
             return []
-        o = self.cfg.optim
+        optim = self.cfg.optim
         return [
             {
                 "params": list(self.proxies.parameters()),
-                "lr": o.proxy_lr if o.proxy_lr is not None else o.lr,
+                "lr": optim.proxy_lr if optim.proxy_lr is not None else optim.lr,
                 "weight_decay": 0.0,
                 "name": "proxies",
             }

@@ -59,11 +59,11 @@ class SupervisedModule(EmbeddingModule):
         return {"loss": loss}
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
-        o = self.cfg.optim
+        optim = self.cfg.optim
         return [
             {
                 "params": [self.classifier],
-                "lr": o.head_lr if o.head_lr is not None else o.lr,
+                "lr": optim.head_lr if optim.head_lr is not None else optim.lr,
                 "weight_decay": 0.0,
                 "name": "classifier",
             }
