@@ -60,6 +60,8 @@ def test_yaml_file_by_path(tmp_path):
         (["data.name=digitz"], "did you mean 'digits'"),
         (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
         (["trainer.precision=fp8"], "'trainer.precision'"),
+        (["data.glyphs.task=sorce"], "did you mean 'source'"),  # a one_of field of a nested section
+        (["method.proxy_pairs=neares"], "is not one of all, nearest"),
         (["method.ema_momentum=1.0"], "'method.ema_momentum'"),
         (["eval.ks=[4, 1]"], "'eval.ks'"),
         (["model.pretrained=true"], "'model.pretrained'"),
@@ -111,3 +113,21 @@ def test_resume_and_stop_after_epochs(tmp_path):
         with pytest.raises(ConfigError, match=fragment) as info:
             load_config("digits.yaml", args)
         assert "\n" not in str(info.value)
+
+
+def test_allowed_values_have_one_source():
+    """Every one_of field of the schema is checked, with the values the field declares; the registry keys check
+    against the registries themselves."""
+    from omegaconf import OmegaConf
+
+    from plm_lightning.config.schema import Config, declared_choices
+    from plm_lightning.config.validation import CHOICES
+    from plm_lightning.data.registry import DATASETS
+
+    declared = declared_choices()
+    assert {"optim.name", "data.glyphs.task", "trainer.precision", "logger.wandb_mode"} <= set(declared)
+    assert all(CHOICES[key] == values for key, values in declared.items())
+    assert CHOICES["data.name"] == tuple(DATASETS)
+    defaults = OmegaConf.structured(Config)
+    for key, values in CHOICES.items():
+        assert OmegaConf.select(defaults, key) in values, key  # every default is allowed

@@ -6,8 +6,29 @@ docs/method.md); the defaults here are the paper-scale ones, small configs (digi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Sequence
+
+
+def one_of(default: str, options: Sequence[str]) -> Any:
+    """A string field with a fixed set of allowed values: the one list that validation (config.validation.CHOICES),
+    its error messages and this file's reader see. Fields whose values are a registry of the code (datasets,
+    backbones, similarity estimators, ...) are checked against that registry instead."""
+    assert default in options, (default, options)
+    return field(default=default, metadata={"choices": tuple(options)})
+
+
+def declared_choices(schema: Optional[type] = None, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Dotted key -> allowed values of every ``one_of`` field of the schema (nested sections included)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(Config if schema is None else schema):
+        key = f"{prefix}{f.name}"
+        if "choices" in f.metadata:
+            found[key] = f.metadata["choices"]
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            found.update(declared_choices(f.default_factory, key + "."))
+    return found
 
 
 @dataclass
@@ -29,7 +50,8 @@ class GlyphsConfig:
     """The offline benchmark (data.name=glyphs; plm_lightning/data/glyphs.py, docs/benchmark.md): rendered Unicode
     characters, a labelled source task for pretraining and a target task of 100 + 100 class-disjoint classes."""
 
-    task: str = "target"  # target: the unlabelled train / zero-shot test classes | source: the pretraining task
+    # target: the unlabelled train / zero-shot test classes | source: the pretraining task
+    task: str = one_of("target", ("target", "source"))
     classes: int = 100  # target classes per split (the benchmark: 100; fewer for quick tests)
     images_per_class: int = 24  # target images per class
     source_classes: int = 789  # source classes (all 789 by default)
@@ -39,7 +61,7 @@ class GlyphsConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | folder | synthetic | glyphs | cub | cars196 | sop | inshop
+    name: str = "digits"  # a registered dataset (data/registry.py): digits, folder, synthetic, glyphs, cub, ...
     # dataset folder (not used by digits / synthetic); null = $PLM_DATA/<name>. Prepare one with `plm-data prepare`
     root: Optional[str] = None
     image_size: int = 227  # train crop / eval centre crop
@@ -80,14 +102,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "googlenet"  # small_cnn | mlp | googlenet | resnet50 | bn_inception
+    backbone: str = "googlenet"  # a registered backbone (models/backbones.py): googlenet, resnet50, small_cnn, ...
     pretrained: bool = True  # ImageNet weights (torchvision; bn_inception: pretrainedmodels); need network once
     # A local file to start the backbone from, instead of the download (an offline cluster; the glyphs benchmark's
     # pretrained backbone): a plm-fit checkpoint, a state_dict of the backbone, or the published weights file
     # that model.pretrained would download. The embedding head always starts fresh.
     weights: Optional[str] = None
     embedding_dim: int = 128
-    pooling: str = "avg+max"  # avg | max | avg+max (summed)
+    pooling: str = "avg+max"  # models/head.py POOLINGS: avg, max, avg+max (summed)
     width: int = 64  # small_cnn: channels of the first block; mlp: hidden units
     # Backbone batch norm in eval mode (running statistics fixed) with frozen affine parameters: standard for
     # BN-Inception in deep metric learning, whose small batches (of few classes) give poor batch statistics.
@@ -104,8 +126,8 @@ class SupervisedConfig:
 @dataclass
 class MethodConfig:
     # plm: the method (unsupervised) | supervised: a labelled reference (an upper bound; backbone pretraining)
-    name: str = "plm"
-    # The similarity estimator: plm | gaussian | knn | kmeans (the last three are baselines / ablations)
+    name: str = one_of("plm", ("plm", "supervised"))
+    # The similarity estimator (manifold/estimators.py): plm, or the baselines / ablations gaussian, knn, kmeans
     similarity: str = "plm"
     # Similarity: s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta  [paper form; ours: 4, 1 from the paper's ablation]
     n_alpha: float = 4.0
@@ -116,20 +138,21 @@ class MethodConfig:
     subset_selection: bool = True  # False = "no subset selection" ablation
     # refit: test a candidate under the piece refitted with it (docs/method.md as written) | current: the m nearest span
     # the first piece, each further candidate is tested against the piece of the members so far [ours]
-    greedy_test: str = "refit"
-    symmetrize: str = "mean"  # s = mean | min | max of s'(i, j) and s'(j, i) [ours: mean]
+    greedy_test: str = "refit"  # manifold/pieces.py GREEDY_TESTS
+    symmetrize: str = "mean"  # s = mean | min | max of s'(i, j) and s'(j, i) [ours: mean] (SYMMETRIZATIONS)
     # absolute: o and p as measured (the paper's formula on unit vectors) | batch: o and p scaled by sqrt(2) / the
     # batch's median pairwise distance, so s does not depend on how compact the teacher's space is [ours]
-    distance_scale: str = "absolute"
+    distance_scale: str = "absolute"  # manifold/similarity.py DISTANCE_SCALES
     binary_threshold: Optional[float] = None  # "binary similarity" ablation: s -> 1[s >= threshold]
     gaussian_sigma: float = 3.0  # gaussian: s = exp(-||x_i - x_j||^2 / sigma) [STML's kernel width]
     knn_k: Optional[int] = None  # knn: neighbours per point [None = neighbours_per_seed]
     kmeans_clusters: Optional[int] = None  # kmeans: clusters per batch [None = batch_size / neighbours_per_seed]
     num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
-    proxy_init: str = "data"  # data: teacher embeddings of random images + local PCA [ours] | random
+    # data: teacher embeddings of random images + local PCA [ours] | random
+    proxy_init: str = one_of("data", ("data", "random"))
     proxy_neighbours: Optional[int] = None  # q for L_nbhd (and L_proxy's nearest) [ours: None = neighbours_per_seed]
     # L_proxy over every (point, proxy) pair ("all") or each point's q most similar proxies ("nearest") [ours]
-    proxy_pairs: str = "all"
+    proxy_pairs: str = one_of("all", ("all", "nearest"))
     lambda_proxy: float = 1.0  # [ours]
     lambda_nbhd: float = 1.0  # [ours]
     delta: float = 1.0  # target distance scale [ours]
@@ -141,13 +164,13 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adam | sgd
+    name: str = one_of("adamw", ("adamw", "adam", "sgd"))
     lr: float = 1e-4
     weight_decay: float = 1e-2
     head_lr: Optional[float] = None  # embedding head learning rate [None = lr]
     proxy_lr: Optional[float] = None  # proxy learning rate, no weight decay [None = lr]
     momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | none
+    scheduler: str = one_of("cosine", ("cosine", "none"))
     warmup_epochs: int = 0
 
 
@@ -158,7 +181,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    precision: str = one_of("32-true", ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
     deterministic: bool = False
     gradient_clip_val: Optional[float] = None
     log_every_n_steps: int = 10
@@ -174,7 +197,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     every_n_epochs: int = 1
     before_training: bool = True
-    backend: str = "auto"  # auto | faiss | torch
+    backend: str = one_of("auto", ("auto", "faiss", "torch"))
     normalize: bool = True  # L2-normalise before search (Euclidean on unit vectors = cosine ranking)
     map_r: bool = True
     nmi: bool = True
@@ -188,7 +211,7 @@ class LoggerConfig:
     csv: bool = True
     wandb: bool = False
     # auto: online when a W&B API key is configured (WANDB_API_KEY or netrc), else offline; never blocks without one
-    wandb_mode: str = "auto"  # auto | online | offline | disabled
+    wandb_mode: str = one_of("auto", ("auto", "online", "offline", "disabled"))
     project: str = "plm-lightning"
     entity: Optional[str] = None
     name: Optional[str] = None

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from plm_lightning.config.loading import ConfigError
+from plm_lightning.config.schema import declared_choices
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.manifold.estimators import ESTIMATORS
 from plm_lightning.manifold.pieces import GREEDY_TESTS
@@ -17,23 +18,16 @@ from plm_lightning.manifold.similarity import DISTANCE_SCALES, SYMMETRIZATIONS
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import POOLINGS
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+# Allowed values: the schema's one_of fields, and the keys whose values are a registry of the code.
 CHOICES = {
+    **declared_choices(),
     "data.name": tuple(DATASETS),
     "model.backbone": tuple(BACKBONES),
-    "method.name": ("plm", "supervised"),
+    "model.pooling": POOLINGS,
     "method.similarity": ESTIMATORS,
     "method.symmetrize": SYMMETRIZATIONS,
     "method.greedy_test": GREEDY_TESTS,
     "method.distance_scale": DISTANCE_SCALES,
-    "method.proxy_init": ("data", "random"),
-    "method.proxy_pairs": ("all", "nearest"),
-    "model.pooling": POOLINGS,
-    "optim.name": ("adamw", "adam", "sgd"),
-    "optim.scheduler": ("cosine", "none"),
-    "trainer.precision": PRECISIONS,
-    "eval.backend": ("auto", "faiss", "torch"),
-    "logger.wandb_mode": ("auto", "online", "offline", "disabled"),
 }
 
 
