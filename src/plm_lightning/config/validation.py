@@ -118,9 +118,84 @@ def _check_paper(cfg: DictConfig) -> None:
         _require(0 <= float(value) <= 100, f"paper.metrics.{name}", value, "a percentage")
 
 
+# Numeric ranges (the schema's types are checked by OmegaConf; these are the values no knob means).
+POSITIVE = (
+    "data.image_size",
+    "data.resize",
+    "data.batch_size",
+    "data.neighbours_per_seed",
+    "data.refresh_every",
+    "data.eval_batch_size",
+    "data.prefetch_factor",
+    "data.views",
+    "model.embedding_dim",
+    "model.width",
+    "method.n_alpha",
+    "method.piece_dim",
+    "method.tau",
+    "method.delta",
+    "method.gaussian_sigma",
+    "method.supervised.temperature",
+    "optim.lr",
+    "trainer.max_epochs",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.log_every_n_steps",
+    "eval.every_n_epochs",
+    "eval.memory_budget_mb",
+)
+POSITIVE_OR_NULL = (
+    "optim.head_lr",
+    "optim.proxy_lr",
+    "method.max_candidates",
+    "method.proxy_neighbours",
+    "method.knn_k",
+    "method.kmeans_clusters",
+    "trainer.stop_after_epochs",
+)
+NON_NEGATIVE = (
+    "method.n_beta",
+    "method.num_proxies",
+    "method.lambda_proxy",
+    "method.lambda_nbhd",
+    "optim.weight_decay",
+    "optim.warmup_epochs",
+    "data.num_workers",
+)
+
+
 def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
+    """ConfigError (one line naming the key and the value) for the first value that would fail later; with
+    ``check_data`` also the dataset's folder (not needed to print a config)."""
     for key, value in _numbers(cfg):  # inf / nan pass every "> 0" check below; no knob means them
         _require(math.isfinite(value), key, value, "must be a finite number")
+    _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_schedule_and_run(cfg)
+    _check_batches_and_metrics(cfg)
+    _check_dataset(cfg, check_data)
+    _check_model(cfg)
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        _require(value > 0, key, value, "must be positive")
+    for key in POSITIVE_OR_NULL:
+        value = _get(cfg, key)
+        _require(value is None or value > 0, key, value, "must be positive or null")
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        _require(value >= 0, key, value, "must be non-negative")
+    momentum = cfg.method.ema_momentum
+    _require(0 <= momentum < 1, "method.ema_momentum", momentum, "must be in [0, 1)")
+    threshold = cfg.method.binary_threshold
+    _require(threshold is None or 0 < threshold <= 1, "method.binary_threshold", threshold, "must be in (0, 1] or null")
+    fraction = cfg.data.train_class_fraction
+    _require(0 < fraction < 1, "data.train_class_fraction", fraction, "must be in (0, 1)")
+
+
+def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -130,61 +205,9 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
                 f"invalid value for config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}{hint}"
             )
 
-    positive = [
-        "data.image_size",
-        "data.resize",
-        "data.batch_size",
-        "data.neighbours_per_seed",
-        "data.refresh_every",
-        "data.eval_batch_size",
-        "data.prefetch_factor",
-        "data.views",
-        "model.embedding_dim",
-        "model.width",
-        "method.n_alpha",
-        "method.piece_dim",
-        "method.tau",
-        "method.delta",
-        "method.gaussian_sigma",
-        "method.supervised.temperature",
-        "optim.lr",
-        "trainer.max_epochs",
-        "trainer.devices",
-        "trainer.num_nodes",
-        "trainer.log_every_n_steps",
-        "eval.every_n_epochs",
-        "eval.memory_budget_mb",
-    ]
-    for key in positive:
-        value = _get(cfg, key)
-        _require(value > 0, key, value, "must be positive")
-    for key in (
-        "optim.head_lr",
-        "optim.proxy_lr",
-        "method.max_candidates",
-        "method.proxy_neighbours",
-        "method.knn_k",
-        "method.kmeans_clusters",
-    ):
-        value = _get(cfg, key)
-        _require(value is None or value > 0, key, value, "must be positive or null")
-    for key in (
-        "method.n_beta",
-        "method.num_proxies",
-        "method.lambda_proxy",
-        "method.lambda_nbhd",
-        "optim.weight_decay",
-        "optim.warmup_epochs",
-        "data.num_workers",
-    ):
-        value = _get(cfg, key)
-        _require(value >= 0, key, value, "must be non-negative")
-    momentum = cfg.method.ema_momentum
-    _require(0 <= momentum < 1, "method.ema_momentum", momentum, "must be in [0, 1)")
-    threshold = cfg.method.binary_threshold
-    _require(threshold is None or 0 < threshold <= 1, "method.binary_threshold", threshold, "must be in (0, 1] or null")
-    f = cfg.data.train_class_fraction
-    _require(0 < f < 1, "data.train_class_fraction", f, "must be in (0, 1)")
+
+def _check_schedule_and_run(cfg: DictConfig) -> None:
+    """How long the run trains, what it starts from and what it continues from."""
     limit = cfg.trainer.limit_train_batches
     _require(limit is None or limit > 0, "trainer.limit_train_batches", limit, "must be positive or null")
     _require(
@@ -205,19 +228,17 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
         cfg.optim.warmup_epochs,
         f"must be smaller than trainer.max_epochs={cfg.trainer.max_epochs}",
     )
-
     weights = cfg.model.weights
     if weights is not None:
         _require(Path(weights).expanduser().is_file(), "model.weights", weights, "file does not exist")
-
-    stop_after = cfg.trainer.stop_after_epochs
-    _require(stop_after is None or stop_after > 0, "trainer.stop_after_epochs", stop_after, "must be positive or null")
     resume = cfg.resume
     if resume == "auto":
         _require(bool(cfg.run.dir), "resume", resume, "'auto' needs run.dir set")
     elif resume is not None:
         _require(Path(resume).expanduser().is_file(), "resume", resume, "checkpoint file does not exist")
 
+
+def _check_batches_and_metrics(cfg: DictConfig) -> None:
     b, k = cfg.data.batch_size, cfg.data.neighbours_per_seed
     if cfg.method.name == "plm":  # nearest-neighbour batches: B / k seeds (the supervised reference samples at random)
         _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
@@ -226,6 +247,8 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     _require(len(ks) > 0 and all(int(x) > 0 for x in ks), "eval.ks", ks, "a non-empty list of positive integers")
     _require(ks == sorted(set(ks)), "eval.ks", ks, "must be increasing without repeats")
 
+
+def _check_dataset(cfg: DictConfig, check_data: bool) -> None:
     dataset = DATASETS[cfg.data.name]
     if cfg.data.name == "synthetic":
         from plm_lightning.data.synthetic import validate_synthetic_config
@@ -248,7 +271,10 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
         _require(not value or cfg.data.name == "folder", key, value, "applies to data.name=folder only")
     _check_augmentation(cfg, dataset.augmentation)
     _check_paper(cfg)
-    if cfg.model.backbone == "bn_inception" and dataset.augmentation != "vector":
+
+
+def _check_model(cfg: DictConfig) -> None:
+    if cfg.model.backbone == "bn_inception" and DATASETS[cfg.data.name].augmentation != "vector":
         from plm_lightning.models.bn_inception import bn_inception_map_size
 
         size = cfg.data.image_size
