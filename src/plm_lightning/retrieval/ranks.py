@@ -135,48 +135,14 @@ def positive_ranks(
         query, q_lab, gallery, g_lab, same_set, q_sq, g_sq, max(1, budget // 4), pair_chunk
     )
     num_positives = valid.sum(1)
-    m_full = pos_idx.shape[1]
-
-    # Slots: the positives sorted by (canonical distance, gallery index).
-    dist = torch.where(valid, dist, float("inf"))
-    pos_idx = torch.where(valid, pos_idx, ng)  # padding sorts last
-    pos_idx, order = pos_idx.sort(dim=1)
-    dist = dist.gather(1, order)
-    dist, order = dist.sort(dim=1, stable=True)
-    pos_idx = pos_idx.gather(1, order)
-    m = int(num_positives.max()) if nq and m_full else 0
-    if not all_positives:
-        m = min(m, 1)
-    dist, pos_idx = dist[:, :m].contiguous(), pos_idx[:, :m].contiguous()
-
-    # Slot limits: ranks at or beyond them are not needed.
-    slots = torch.arange(m, device=device).unsqueeze(0)
-    real = slots < num_positives.unsqueeze(1)
-    limits = torch.zeros(nq, m, dtype=torch.int64, device=device)
-    if m:
-        limits[:, 0] = num_positives.clamp(min=best_limit) if all_positives else best_limit
-        if m > 1:
-            limits[:, 1:] = num_positives.unsqueeze(1)
-        limits[~real] = 0
-
+    dist, pos_idx = _sorted_slots(dist, pos_idx, valid, num_positives, ng, all_positives)
+    m = dist.shape[1]
+    limits, real = _slot_limits(num_positives, m, best_limit, all_positives)
     if m == 0 or nq == 0:
         ranks = torch.full((nq, m), RANK_BEYOND, dtype=torch.int64, device=device)
         return PositiveRanks(ranks, num_positives, limits)
 
-    # Error bound of the fast distance per query, then the band thresholds per slot.
-    other_max_sq = float(g_sq.max())
-    if same_set:
-        other_max_sq = max(other_max_sq, float(q_sq.max()))
-    if 2.0 * (float(q_sq.max()) + float(g_sq.max())) > _FLOAT32_MAX / 4:
-        raise ValueError("embedding norms are too large for float32 distance computation")
-    gamma = (d + 2) * _U / (1.0 - (d + 2) * _U)
-    q_norm, m_norm = q_sq.sqrt(), math.sqrt(other_max_sq)
-    eps = 1.01 * (gamma * (2.0 * q_norm * m_norm + q_sq + other_max_sq) + 4.0 * _U * (q_sq + other_max_sq))
-    eps_wide = (eps * (1.0 + 2.0**-8) + _SMALLEST_NORMAL).unsqueeze(1)
-    lower = _round_down(dist.double() - eps_wide)
-    upper = _round_up(dist.double() + eps_wide)
-    lower[~real] = float("inf")
-    upper[~real] = float("inf")
+    lower, upper = _band_bounds(dist, real, q_sq, g_sq, same_set, d)
     row_base = torch.arange(nq, device=device, dtype=torch.int64) << 32
     seq_lower = (row_base.unsqueeze(1) + _ordered_key(lower)).reshape(-1)
     seq_upper = (row_base.unsqueeze(1) + _ordered_key(upper)).reshape(-1)
@@ -206,8 +172,86 @@ def positive_ranks(
         pair_chunk=pair_chunk,
     )
     state.refresh(slice(None))
+    _scan_distance_tiles(state, query, gallery, q_sq, g_sq, same_set, budget, tile)
 
-    # Tiles: square, sized from the budget (a multiple of the screening group).
+    # Rank of slot j = negatives before it + the j positives before it.
+    rank = state.counts + state.slot
+    ranks = torch.where(rank < limits, rank, RANK_BEYOND)
+    return PositiveRanks(ranks, num_positives, limits)
+
+
+def _sorted_slots(
+    dist: torch.Tensor,
+    pos_idx: torch.Tensor,
+    valid: torch.Tensor,
+    num_positives: torch.Tensor,
+    ng: int,
+    all_positives: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots: each query's positives sorted by (canonical distance, gallery index), padding last; m columns
+    (the most positives of any query, or 1 with ``all_positives=False``)."""
+    dist = torch.where(valid, dist, float("inf"))
+    pos_idx = torch.where(valid, pos_idx, ng)  # padding sorts last
+    pos_idx, order = pos_idx.sort(dim=1)
+    dist = dist.gather(1, order)
+    dist, order = dist.sort(dim=1, stable=True)
+    pos_idx = pos_idx.gather(1, order)
+    m = int(num_positives.max()) if dist.shape[0] and pos_idx.shape[1] else 0
+    if not all_positives:
+        m = min(m, 1)
+    return dist[:, :m].contiguous(), pos_idx[:, :m].contiguous()
+
+
+def _slot_limits(
+    num_positives: torch.Tensor, m: int, best_limit: int, all_positives: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per slot, the rank at or beyond which it is not needed (0 for padding), and which slots are real."""
+    nq, device = num_positives.shape[0], num_positives.device
+    slots = torch.arange(m, device=device).unsqueeze(0)
+    real = slots < num_positives.unsqueeze(1)
+    limits = torch.zeros(nq, m, dtype=torch.int64, device=device)
+    if m:
+        limits[:, 0] = num_positives.clamp(min=best_limit) if all_positives else best_limit
+        if m > 1:
+            limits[:, 1:] = num_positives.unsqueeze(1)
+        limits[~real] = 0
+    return limits, real
+
+
+def _band_bounds(
+    dist: torch.Tensor, real: torch.Tensor, q_sq: torch.Tensor, g_sq: torch.Tensor, same_set: bool, d: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The error bound of the fast float32 distance per query, widened into each slot's band [lower, upper] of
+    distances that need the canonical distance to decide (docs/exact_ranks.md); inf for padding."""
+    other_max_sq = float(g_sq.max())
+    if same_set:
+        other_max_sq = max(other_max_sq, float(q_sq.max()))
+    if 2.0 * (float(q_sq.max()) + float(g_sq.max())) > _FLOAT32_MAX / 4:
+        raise ValueError("embedding norms are too large for float32 distance computation")
+    gamma = (d + 2) * _U / (1.0 - (d + 2) * _U)
+    q_norm, m_norm = q_sq.sqrt(), math.sqrt(other_max_sq)
+    eps = 1.01 * (gamma * (2.0 * q_norm * m_norm + q_sq + other_max_sq) + 4.0 * _U * (q_sq + other_max_sq))
+    eps_wide = (eps * (1.0 + 2.0**-8) + _SMALLEST_NORMAL).unsqueeze(1)
+    lower = _round_down(dist.double() - eps_wide)
+    upper = _round_up(dist.double() + eps_wide)
+    lower[~real] = float("inf")
+    upper[~real] = float("inf")
+    return lower, upper
+
+
+def _scan_distance_tiles(
+    state: _State,
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    q_sq: torch.Tensor,
+    g_sq: torch.Tensor,
+    same_set: bool,
+    budget: int,
+    tile: int | None,
+) -> None:
+    """Every query-gallery distance once, in square tiles sized from the budget (same-set: the upper triangle,
+    each tile scanned in both directions), counted into ``state``."""
+    nq, ng, device = query.shape[0], gallery.shape[0], query.device
     if tile is None:
         tile = max(1, math.isqrt(budget // _BYTES_PER_TILE_ENTRY))
         if tile > 4 * _GROUP:
@@ -244,11 +288,6 @@ def positive_ranks(
                     torch.mm(rows_aug, cols_aug.T, out=a)
                     state.scan(a, r0, c0, transpose=False)
     state.flush_band()
-
-    # Rank of slot j = negatives before it + the j positives before it.
-    rank = state.counts + state.slot
-    ranks = torch.where(rank < limits, rank, RANK_BEYOND)
-    return PositiveRanks(ranks, num_positives, limits)
 
 
 # --------------------------------------------------------------------------------------------
