@@ -28,26 +28,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 QUALITY_GRID = {
-    "method.piece_dim": [1, 2, 3, 4],
-    "method.max_candidates": [5, 10, 20],
-    "method.tau": [0.25, 0.5, 0.75, 1.0],
-    "method.n_alpha": [2.0, 3.0, 4.0, 6.0],
-    "method.n_beta": [0.0, 0.5, 1.0, 2.0],
-    "method.symmetrize": ["mean", "min", "max"],
-    "method.subset_selection": [True, False],
-    "method.greedy_test": ["refit", "current"],
-    "method.distance_scale": ["absolute", "batch"],
+    "method.plm.piece_dim": [1, 2, 3, 4],
+    "method.plm.max_candidates": [5, 10, 20],
+    "method.plm.tau": [0.25, 0.5, 0.75, 1.0],
+    "method.plm.n_alpha": [2.0, 3.0, 4.0, 6.0],
+    "method.plm.n_beta": [0.0, 0.5, 1.0, 2.0],
+    "method.plm.symmetrize": ["mean", "min", "max"],
+    "method.plm.subset_selection": [True, False],
+    "method.plm.greedy_test": ["refit", "current"],
+    "method.plm.distance_scale": ["absolute", "batch"],
 }
 
 TRAINING_GRID = {
-    "method.ema_momentum": [0.99, 0.999],
-    "method.num_proxies": [0, 50],
+    "method.teacher.momentum": [0.99, 0.999],
+    "method.proxies.count": [0, 50],
     "optim.proxy_lr": [0.001, 0.1],
-    "method.proxy_init": ["data", "random"],
-    "method.lambda_proxy": [0.0, 1.0],
-    "method.lambda_nbhd": [0.0, 1.0],
-    "method.delta": [0.5, 1.0, 2.0],
-    "method.normalize_student": [True, False],
+    "method.proxies.init": ["data", "random"],
+    "method.loss.lambda_proxy": [0.0, 1.0],
+    "method.loss.lambda_nbhd": [0.0, 1.0],
+    "method.loss.delta": [0.5, 1.0, 2.0],
+    "method.loss.normalize_student": [True, False],
 }
 
 

@@ -10,6 +10,53 @@ def test_keys_that_do_not_change_the_computation_may_change_on_resume(key):
     assert _may_change(key)
 
 
-@pytest.mark.parametrize("key", ["method.delta", "run.seed", "data.crop_scale", "data.hflip", "optim.lr", "papers"])
+@pytest.mark.parametrize(
+    "key", ["method.loss.delta", "run.seed", "data.crop_scale", "data.hflip", "optim.lr", "papers"]
+)
 def test_keys_that_change_the_computation_may_not(key):
     assert not _may_change(key)
+
+
+def _old_layout(cfg):
+    """cfg as a run's config.yaml / a checkpoint held it before the method's keys moved into sub-sections."""
+    from omegaconf import OmegaConf
+
+    from plm_lightning.config.migration import MOVED
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for old, new in MOVED.items():
+        _, group, leaf = new.split(".")
+        data["method"][old.split(".")[1]] = data["method"][group].pop(leaf)
+    for group in {new.split(".")[1] for new in MOVED.values()}:
+        assert not data["method"][group]
+        del data["method"][group]
+    return data
+
+
+def test_a_run_written_before_the_keys_moved_is_the_same_run(tmp_path):
+    import yaml
+
+    from plm_lightning.config import load_config
+    from plm_lightning.run_directory import same_run_config
+
+    cfg = load_config("digits.yaml", ["method.proxies.count=7"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(_old_layout(cfg)))
+    assert "num_proxies: 7" in saved.read_text()
+    assert same_run_config(saved, cfg)
+    assert not same_run_config(saved, load_config("digits.yaml", ["method.proxies.count=8"]))
+
+
+def test_a_checkpoint_written_before_the_keys_moved_resumes(tmp_path):
+    import torch
+
+    from plm_lightning.config import load_config
+    from plm_lightning.run_directory import RunDirError, check_resume
+
+    cfg = load_config("digits.yaml", [f"run.dir={tmp_path}"])
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": _old_layout(cfg)}}, ckpt)
+    check_resume(cfg, str(ckpt))  # no RunDirError: the same config, in the old layout
+    other = load_config("digits.yaml", [f"run.dir={tmp_path}", "method.loss.delta=2.0"])
+    with pytest.raises(RunDirError, match=r"method\.loss\.delta"):
+        check_resume(other, str(ckpt))

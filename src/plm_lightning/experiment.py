@@ -211,11 +211,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     trainer, module, datamodule, evaluation, run_dir = build(cfg)
     datamodule.setup("fit")  # a dataset that does not build stops the run here, before its folder is written
     evaluation.check_split(datamodule.test_set, cfg.data.name)
-    if cfg.method.name == "plm" and cfg.method.num_proxies > len(datamodule.train_set):
+    if cfg.method.name == "plm" and cfg.method.proxies.count > len(datamodule.train_set):
         raise DatasetError(
-            f"method.num_proxies={cfg.method.num_proxies} exceeds the {len(datamodule.train_set)} "
+            f"method.proxies.count={cfg.method.proxies.count} exceeds the {len(datamodule.train_set)} "
             f"images of the {cfg.data.name} training split (each proxy starts at one of them); lower "
-            f"method.num_proxies"
+            f"method.proxies.count"
         )
     if global_zero:
         run_directory.begin(cfg, run_dir)

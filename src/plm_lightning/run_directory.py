@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from plm_lightning.config.migration import upgrade
+
 # What a run writes into its folder (everything else in it is left alone, also by run.overwrite).
 RUN_FILES = ("config.yaml", "metrics.json", "wandb_id.txt")
 RUN_FOLDERS = ("checkpoints", "logs", "plots", "wandb", "slurm")
@@ -58,7 +60,7 @@ def same_run_config(saved: Path, cfg: DictConfig) -> bool:
 
     try:
         data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        then = OmegaConf.merge(OmegaConf.structured(Config), data)
+        then = OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)[0])
     except Exception:  # unreadable, or not a config of this version: not the same run
         return False
     return OmegaConf.to_container(stored_config(then), resolve=True) == OmegaConf.to_container(
@@ -133,22 +135,17 @@ def _may_change(key: str) -> bool:
 
 def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
     """The checkpoint loads as plain data and was written by a run of this config (RESUME_MAY_CHANGE aside)."""
-    from plm_lightning.config.schema import Config
-    from plm_lightning.utils.checkpoint_io import CheckpointFileError, load_checkpoint_file  # torch: only here
+    from plm_lightning.checkpoints import checkpoint_config  # torch: only here
+    from plm_lightning.utils.checkpoint_io import CheckpointFileError, load_checkpoint_file
 
     try:
         state = load_checkpoint_file(ckpt_path)
     except CheckpointFileError as exc:
         raise RunDirError(f"resume={cfg.resume}: {exc}") from None
-    hp = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "state_dict" not in state:
-        raise RunDirError(f"resume={cfg.resume}: {ckpt_path} is not a plm-fit checkpoint (no config in it)")
     try:
-        saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), hp["config"]), resolve=True)
-    except Exception as exc:  # a config from an incompatible version
-        raise RunDirError(
-            f"resume={cfg.resume}: the config in {ckpt_path} does not fit this version: {str(exc).splitlines()[0]}"
-        ) from None
+        saved = OmegaConf.to_container(checkpoint_config(state, ckpt_path), resolve=True)
+    except ValueError as exc:
+        raise RunDirError(f"resume={cfg.resume}: {exc}") from None
     now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
     differ = sorted(k for k in set(now) | set(then) if not _may_change(k) and now.get(k) != then.get(k))
     if differ:

@@ -15,7 +15,7 @@ TINY = [
     "data.glyphs.images_per_class=6",
     "data.batch_size=10",
     "trainer.max_epochs=2",
-    "method.num_proxies=4",
+    "method.proxies.count=4",
     "data.eval_batch_size=64",
 ]
 TINY_PRETRAIN = [

@@ -33,9 +33,9 @@ def test_curvature_study(synthetic_cfg, tmp_path):
 def test_sensitivity_study(synthetic_cfg, tmp_path):
     grid = {
         "data.neighbours_per_seed": [2, 5],
-        "method.tau": [0.25, 1.0],
-        "method.piece_dim": [1, 3],
-        "method.max_candidates": [3, 12],
+        "method.plm.tau": [0.25, 1.0],
+        "method.plm.piece_dim": [1, 3],
+        "method.plm.max_candidates": [3, 12],
     }
     rows = sensitivity_study(synthetic_cfg, tmp_path, grid=grid)
     assert [(r["knob"], r["value"]) for r in rows] == [(k, v) for k, vs in grid.items() for v in vs]
@@ -52,8 +52,8 @@ def test_proxies_study_runs_every_setting(synthetic_cfg, tmp_path):
     seen = []
 
     def fake_fit(cfg):  # the real fit is exercised by the CLI test below; here: which configs are trained
-        seen.append((cfg.data.batch_size, cfg.method.num_proxies, cfg.run.dir))
-        r1 = 50.0 + cfg.method.num_proxies / 10 + cfg.data.batch_size / 100
+        seen.append((cfg.data.batch_size, cfg.method.proxies.count, cfg.run.dir))
+        r1 = 50.0 + cfg.method.proxies.count / 10 + cfg.data.batch_size / 100
         return {"initial": {"R@1": 40.0}, "final": {"R@1": r1, "MAP@R": 10.0}, "best": {"R@1": r1}}
 
     rows = proxies_study(synthetic_cfg, tmp_path, batch_sizes=(30, 60), num_proxies=(0, 20), fit=fake_fit)
@@ -65,7 +65,7 @@ def test_proxies_study_runs_every_setting(synthetic_cfg, tmp_path):
 
 def test_with_overrides_validates():
     cfg = load_config("synthetic.yaml")
-    assert with_overrides(cfg, method__tau=0.3).method.tau == 0.3
+    assert with_overrides(cfg, method__plm__tau=0.3).method.plm.tau == 0.3
     from plm_lightning.config import ConfigError
 
     with pytest.raises(ConfigError, match="data.batch_size"):
@@ -113,4 +113,4 @@ def test_plm_study_cli(tmp_path):
         env=env,
         timeout=120,
     )
-    assert bad.returncode == 2 and "method.tau" in bad.stderr
+    assert bad.returncode == 2 and "method.plm.tau" in bad.stderr

@@ -23,7 +23,7 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
         f"run.dir={run_dir}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
-        "method.num_proxies=10",
+        "method.proxies.count=10",
         "logger.wandb=true",
         "logger.csv=false",
         "trainer.enable_progress_bar=false",
@@ -40,8 +40,8 @@ def test_short_fit_writes_the_plots_and_logs_them_to_wandb(tmp_path):
     assert {"recall", "retrieval", "similarity", "embeddings"} <= logged, logged
 
     # The histogram's numbers, as the callback computes them from the trained model's test embeddings.
+    from plm_lightning.checkpoints import load_trained_model
     from plm_lightning.figures.run_figures import pair_similarities
-    from plm_lightning.models.inference import load_trained_model
     from plm_lightning.models.similarity_estimator import build_similarity
 
     model = load_trained_model(run_dir / "checkpoints" / "last.ckpt", "cpu")

@@ -39,7 +39,7 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=3",
         "logger.wandb=true",
-        "method.num_proxies=10",
+        "method.proxies.count=10",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # The run ends by saying how training changed the headline metrics and where its results are.
@@ -89,8 +89,13 @@ def test_fit_on_digits_writes_the_run_directory(tmp_path):
 @pytest.mark.parametrize(
     "ablation",
     [
-        ["method.similarity=kmeans", "method.binary_threshold=0.5"],
-        ["method.subset_selection=false", "method.n_beta=0", "method.num_proxies=0", "method.proxy_init=random"],
+        ["method.similarity=kmeans", "method.plm.binary_threshold=0.5"],
+        [
+            "method.plm.subset_selection=false",
+            "method.plm.n_beta=0",
+            "method.proxies.count=0",
+            "method.proxies.init=random",
+        ],
     ],
 )
 def test_ablations_train_through_the_same_path(tmp_path, ablation):

@@ -80,7 +80,7 @@ def test_report_groups_by_config_lists_unfinished_runs_and_shows_the_paper(tmp_p
     fake_run(runs / "a0", "digits.yaml", ["trainer.max_epochs=2", "data.num_workers=0"], 0, 2, 90.0)
     fake_run(runs / "a1", "digits.yaml", ["trainer.max_epochs=2", "data.num_workers=2"], 1, 2, 92.0)
     # ... one seed of a different config, an unfinished run and a W&B copy of a config, which is not a run
-    fake_run(runs / "b0", "digits.yaml", ["trainer.max_epochs=2", "method.num_proxies=0"], 0, 2, 80.0)
+    fake_run(runs / "b0", "digits.yaml", ["trainer.max_epochs=2", "method.proxies.count=0"], 0, 2, 80.0)
     fake_run(runs / "a2", "digits.yaml", ["trainer.max_epochs=2"], 2, 1, 10.0)
     (runs / "a0" / "wandb" / "files").mkdir(parents=True)
     (runs / "a0" / "wandb" / "files" / "config.yaml").write_text((runs / "a0" / "config.yaml").read_text())
@@ -92,7 +92,7 @@ def test_report_groups_by_config_lists_unfinished_runs_and_shows_the_paper(tmp_p
     lines = text.splitlines()
     digits = next(ln for ln in lines if ln.startswith("| digits, small_cnn, 64-d |"))
     assert "| 2 | 0,1 |" in digits and "92.00 ± 1.41" in digits  # R@1 = 90 + 1 and 92 + 1
-    proxies = next(ln for ln in lines if "method.num_proxies=0" in ln)
+    proxies = next(ln for ln in lines if "method.proxies.count=0" in ln)
     assert "| 1 | 0 |" in proxies and "81.00 |" in proxies  # one run: no std
     assert any(ln.startswith(f"- {runs / 'a2'}: unfinished: 1 of 2 epochs") for ln in lines)
     assert "wandb" not in text

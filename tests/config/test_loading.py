@@ -18,23 +18,23 @@ def test_every_bundled_config_loads():
 @pytest.mark.parametrize(
     "args",
     [
-        ["optim.lr=0.5", "method.tau=0.25"],
-        ["--optim.lr=0.5", "--method.tau=0.25"],
-        ["--optim.lr", "0.5", "--method.tau", "0.25"],
-        ["--optim.lr", "0.5", "method.tau=0.25"],
+        ["optim.lr=0.5", "method.plm.tau=0.25"],
+        ["--optim.lr=0.5", "--method.plm.tau=0.25"],
+        ["--optim.lr", "0.5", "--method.plm.tau", "0.25"],
+        ["--optim.lr", "0.5", "method.plm.tau=0.25"],
     ],
 )
 def test_override_formats_are_equivalent(args):
     cfg = load_config("digits.yaml", args)
-    assert cfg.optim.lr == 0.5 and cfg.method.tau == 0.25
+    assert cfg.optim.lr == 0.5 and cfg.method.plm.tau == 0.25
 
 
 def test_wandb_agent_values():
     # The W&B agent writes Python str() values: None, True, 1e-05, [1, 2].
     cfg = load_config(
-        "digits", ["--method.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05", "--eval.ks=[1, 2]"]
+        "digits", ["--method.plm.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05", "--eval.ks=[1, 2]"]
     )
-    assert cfg.method.max_candidates is None
+    assert cfg.method.plm.max_candidates is None
     assert cfg.data.augment is False
     assert cfg.optim.lr == pytest.approx(1e-5)
     assert list(cfg.eval.ks) == [1, 2]
@@ -61,8 +61,8 @@ def test_yaml_file_by_path(tmp_path):
         (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
         (["trainer.precision=fp8"], "'trainer.precision'"),
         (["data.glyphs.task=sorce"], "did you mean 'source'"),  # a one_of field of a nested section
-        (["method.proxy_pairs=neares"], "is not one of all, nearest"),
-        (["method.ema_momentum=1.0"], "'method.ema_momentum'"),
+        (["method.proxies.pairs=neares"], "is not one of all, nearest"),
+        (["method.teacher.momentum=1.0"], "'method.teacher.momentum'"),
         (["eval.ks=[4, 1]"], "'eval.ks'"),
         (["model.pretrained=true"], "'model.pretrained'"),
         (["--optim.lr"], "has no value"),
@@ -85,7 +85,7 @@ def test_unknown_key_suggests_the_close_match():
 def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("method:\n  n_alfa: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'method.n_alfa' \(in .*bad.yaml\).*method.n_alpha"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.n_alfa' \(in .*bad.yaml\).*method.plm.n_alpha"):
         load_config(str(path))
 
 
@@ -131,3 +131,47 @@ def test_allowed_values_have_one_source():
     defaults = OmegaConf.structured(Config)
     for key, values in CHOICES.items():
         assert OmegaConf.select(defaults, key) in values, key  # every default is allowed
+
+
+# --- keys that moved ---------------------------------------------------------------------------------------------
+def test_an_old_key_on_the_command_line_names_the_new_one():
+    with pytest.raises(ConfigError, match=r"'method.num_proxies' is now 'method.proxies.count'"):
+        load_config("digits.yaml", ["method.num_proxies=0"])
+    with pytest.raises(ConfigError, match=r"'method.ema_momentum' is now 'method.teacher.momentum'"):
+        load_config("digits.yaml", ["--method.ema_momentum", "0.9"])
+
+
+def test_a_config_file_with_old_keys_is_read_under_the_new_names(tmp_path, capsys):
+    old = tmp_path / "config.yaml"  # as a run made before the move wrote it
+    old.write_text(
+        "data:\n  name: digits\nmethod:\n  num_proxies: 7\n  tau: 0.3\n  ema_momentum: 0.99\n  proxy_pairs: nearest\n"
+    )
+    cfg = load_config(str(old))
+    assert cfg.method.proxies.count == 7 and cfg.method.plm.tau == 0.3
+    assert cfg.method.teacher.momentum == 0.99 and cfg.method.proxies.pairs == "nearest"
+    note = capsys.readouterr().err
+    assert "method.num_proxies -> method.proxies.count" in note and note.count("\n") == 1
+
+
+def test_upgrade_moves_every_old_key_and_keeps_a_new_value():
+    from plm_lightning.config.migration import MOVED, upgrade
+
+    old = {"method": {key.split(".", 1)[1]: i for i, key in enumerate(MOVED)}, "optim": {"lr": 0.1}}
+    new, moved = upgrade(old)
+    assert [o for o, _ in moved] == list(MOVED) and new["optim"] == {"lr": 0.1}
+    for i, target in enumerate(MOVED.values()):
+        _, group, leaf = target.split(".")
+        assert new["method"][group][leaf] == i
+    assert set(new["method"]) == {"plm", "gaussian", "knn", "kmeans", "proxies", "loss", "teacher"}
+    assert "num_proxies" in old["method"] and "proxies" not in old["method"]  # the input is not modified
+    both, _ = upgrade({"method": {"num_proxies": 1, "proxies": {"count": 2}}})
+    assert both["method"] == {"proxies": {"count": 2}}  # written by this version: the new place wins
+
+
+def test_the_configuration_doc_lists_every_moved_key():
+    from pathlib import Path
+
+    from plm_lightning.config.migration import MOVED
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert all(f"| `{old}` | `{new}` |" in doc for old, new in MOVED.items())

@@ -137,7 +137,7 @@ def test_full_tmpfs(tmp_path, tmpfs):
                 "data.batch_size=2",
                 "eval.ks=[1]",
                 "data.neighbours_per_seed=1",
-                "method.num_proxies=2",
+                "method.proxies.count=2",
             ],
             None,
         ),
@@ -149,7 +149,7 @@ def test_full_tmpfs(tmp_path, tmpfs):
                 "eval.ks=[1]",
                 "data.neighbours_per_seed=1",
             ],
-            "method.num_proxies=100 exceeds the 4 images of the glyphs training split",
+            "method.proxies.count=100 exceeds the 4 images of the glyphs training split",
         ),
     ],
 )
@@ -212,7 +212,7 @@ def test_diverging_run_stops_naming_the_step(tmp_path):
     "override, key",
     [
         ("optim.lr=inf", "optim.lr"),
-        ("method.tau=nan", "method.tau"),
+        ("method.plm.tau=nan", "method.plm.tau"),
         ("trainer.limit_train_batches=2.5", "trainer.limit_train_batches"),
     ],
 )

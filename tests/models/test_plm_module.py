@@ -14,7 +14,7 @@ def make_module(**overrides):
 
 def test_labels_do_not_change_the_loss():
     torch.manual_seed(0)
-    module = make_module(**{"method.num_proxies": 0})
+    module = make_module(**{"method.proxies.count": 0})
     images = torch.randn(10, 1, 16, 16)
     labels = torch.arange(10) % 5
     a = module.training_step((images, labels, torch.arange(10)), 0)["loss"]
@@ -32,7 +32,7 @@ def test_teacher_is_frozen_eval_and_follows_by_ema():
             p.add_(1.0)
     before = [p.clone() for p in module.teacher.parameters()]
     module.on_train_batch_end(None, None, 0)
-    m = module.cfg.method.ema_momentum
+    m = module.cfg.method.teacher.momentum
     for b, t, s in zip(before, module.teacher.parameters(), module.student.parameters()):
         assert torch.allclose(t, m * b + (1 - m) * s)
 
@@ -42,7 +42,7 @@ def test_views_make_one_similarity_over_every_view():
     them, and the quality monitor reads the labels repeated the same way."""
     from plm_lightning.callbacks.similarity_quality import SimilarityQualityMonitor
 
-    cfg = load_config("synthetic.yaml", ["data.views=2", "method.num_proxies=0"])
+    cfg = load_config("synthetic.yaml", ["data.views=2", "method.proxies.count=0"])
     module = PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=32)
     torch.manual_seed(0)
     x = torch.randn(10, 1, 32).repeat(1, 2, 1)  # two identical views of 10 items: B x V x D

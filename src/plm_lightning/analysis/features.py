@@ -55,4 +55,4 @@ def training_features(
         module.to(device)
         network = getattr(module, "teacher", module.student)  # the supervised reference has no teacher
         _, emb, lab = embed_loader(network, datamodule.train_embedding_dataloader(), torch.device(device))
-    return teacher_space(emb, cfg.method.normalize_teacher).cpu(), lab.cpu()
+    return teacher_space(emb, cfg.method.teacher.normalize).cpu(), lab.cpu()

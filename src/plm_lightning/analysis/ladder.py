@@ -48,10 +48,10 @@ class Rung:
 
 LADDER: tuple[Rung, ...] = (
     Rung("PLM", (), "the method as configured"),
-    Rung("no proxies", ("method.num_proxies=0",), "the paper: N_rho = 0 loses ~5 R@1 on CUB"),
-    Rung("binary similarity", ("method.binary_threshold=0.5",), "s -> 1[s >= 0.5]; the paper: -7.5 on CUB"),
-    Rung("no subset selection", ("method.subset_selection=false",), "N_j = the M nearest; the paper: -3.3"),
-    Rung("N_beta = 0", ("method.n_beta=0",), "no decay along the piece; the paper: -2.9"),
+    Rung("no proxies", ("method.proxies.count=0",), "the paper: N_rho = 0 loses ~5 R@1 on CUB"),
+    Rung("binary similarity", ("method.plm.binary_threshold=0.5",), "s -> 1[s >= 0.5]; the paper: -7.5 on CUB"),
+    Rung("no subset selection", ("method.plm.subset_selection=false",), "N_j = the M nearest; the paper: -3.3"),
+    Rung("N_beta = 0", ("method.plm.n_beta=0",), "no decay along the piece; the paper: -2.9"),
     Rung("Gaussian kernel", ("method.similarity=gaussian",), "STML's kernel in PLM's regression loss"),
     Rung("binary k-NN", ("method.similarity=knn",), "1 for the k nearest batch neighbours, else 0"),
     Rung("k-means", ("method.similarity=kmeans",), "same-cluster pseudo-labels within the batch"),
@@ -63,13 +63,15 @@ KNOBS: tuple[Rung, ...] = (
     Rung("PLM", (), "the method as configured"),
     Rung("1 view", ("data.views=1",), "one augmented view per image"),
     Rung("lr 1e-4", ("optim.lr=1e-4",), "the paper's GoogLeNet learning rate"),
-    Rung("greedy: current piece", ("method.greedy_test=current",), "candidates tested against the piece without them"),
-    Rung("distance scale: batch", ("method.distance_scale=batch",), "o and p relative to the batch's spread"),
-    Rung("EMA 0.99", ("method.ema_momentum=0.99",), "a faster teacher"),
+    Rung(
+        "greedy: current piece", ("method.plm.greedy_test=current",), "candidates tested against the piece without them"
+    ),
+    Rung("distance scale: batch", ("method.plm.distance_scale=batch",), "o and p relative to the batch's spread"),
+    Rung("EMA 0.99", ("method.teacher.momentum=0.99",), "a faster teacher"),
     Rung("proxy lr 1e-2", ("optim.proxy_lr=1e-2",), "proxies 10x faster than the network"),
     Rung("proxy lr 1e-1", ("optim.proxy_lr=1e-1",), "proxies 100x faster"),
-    Rung("L_proxy: nearest proxies", ("method.proxy_pairs=nearest",), "each point's q most similar proxies only"),
-    Rung("lambda_proxy 0.1", ("method.lambda_proxy=0.1",), "the proxy term a tenth of the point term's weight"),
+    Rung("L_proxy: nearest proxies", ("method.proxies.pairs=nearest",), "each point's q most similar proxies only"),
+    Rung("lambda_proxy 0.1", ("method.loss.lambda_proxy=0.1",), "the proxy term a tenth of the point term's weight"),
     Rung("head lr 1e-2", ("optim.head_lr=1e-2",), "the embedding head 10x faster"),
 )
 RUNG_SETS = {"ladder": LADDER, "knobs": KNOBS}

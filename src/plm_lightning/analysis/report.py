@@ -23,6 +23,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from plm_lightning.config.migration import upgrade
+
 # Keys that say where and how a run was executed, not what it measures: ignored when grouping runs.
 OPERATIONAL = (
     "run",
@@ -141,7 +143,7 @@ def find_runs(paths: Sequence[Path]) -> list[RunRecord]:
                 continue
             if not _is_config(config):
                 continue
-            found[folder] = _record(folder, config)
+            found[folder] = _record(folder, upgrade(config)[0])  # runs made before keys moved group with newer ones
     return [found[p] for p in sorted(found)]
 
 
@@ -177,7 +179,7 @@ def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
         {k for f in flats for k in f if k not in LABEL_KEYS and len({json.dumps(x.get(k)) for x in flats}) > 1}
     )
     # A group's label names only where it departs from the value most groups share (the ladder's "no proxies" row
-    # reads "method.num_proxies=0", its reference row nothing).
+    # reads "method.proxies.count=0", its reference row nothing).
     common = {}
     for k in differing:
         shown = [json.dumps(f.get(k), sort_keys=True) for f in flats]

@@ -11,15 +11,16 @@ import torch
 from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
-from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+from plm_lightning.data.sampler import training_batches
 from plm_lightning.figures.common import similarity_histograms
+from plm_lightning.manifold.quality import similarity_report
 from plm_lightning.models.similarity_estimator import build_similarity
 from plm_lightning.utils.io import atomic_write_text
 
 
 def config_batches(cfg: DictConfig, emb: torch.Tensor, max_batches: Optional[int] = None) -> list[list[int]]:
     """The nearest-neighbour batches of epoch 0 that a run of ``cfg`` would train on, from these embeddings."""
-    return nn_batches(
+    return training_batches(
         emb,
         cfg.data.batch_size,
         cfg.data.neighbours_per_seed,

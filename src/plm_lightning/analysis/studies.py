@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 
 from plm_lightning.analysis.features import training_features
 from plm_lightning.analysis.run_simreport import config_batches, estimators_from_config
-from plm_lightning.analysis.similarity_report import similarity_report
 from plm_lightning.config.loading import override_config
 from plm_lightning.figures.common import plt, save_figure
 from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold
+from plm_lightning.manifold.quality import similarity_report
 from plm_lightning.utils.io import atomic_write
 
 ESTIMATOR_NAMES = ("plm", "gaussian", "knn", "kmeans")
@@ -126,7 +126,7 @@ def proxies_study(
             run_cfg = with_overrides(
                 cfg,
                 data__batch_size=int(b),
-                method__num_proxies=int(n),
+                method__proxies__count=int(n),
                 run__dir=str(out / f"runs/b{b}-p{n}"),
                 logger__csv=False,
                 logger__wandb=False,
@@ -163,9 +163,9 @@ def sensitivity_study(
 ) -> list[dict[str, Any]]:
     grid = grid or {
         "data.neighbours_per_seed": [2, 3, 5, 6, 10],
-        "method.max_candidates": [2, 5, 10, 20, 30],
-        "method.tau": [0.1, 0.25, 0.5, 0.75, 1.0],
-        "method.piece_dim": [1, 2, 3, 4, 8],
+        "method.plm.max_candidates": [2, 5, 10, 20, 30],
+        "method.plm.tau": [0.1, 0.25, 0.5, 0.75, 1.0],
+        "method.plm.piece_dim": [1, 2, 3, 4, 8],
     }
     # None of these knobs changes the data or the network, so the features are computed once.
     embedded = training_features(cfg, features)

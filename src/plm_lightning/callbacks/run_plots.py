@@ -151,7 +151,7 @@ class RunPlots(Callback):
             neighbours_per_seed=cfg.data.neighbours_per_seed,
             seed=cfg.run.seed,
             max_batches=self.max_similarity_batches,
-            normalize=bool(cfg.method.normalize_teacher),
+            normalize=bool(cfg.method.teacher.normalize),
             backend=cfg.eval.backend,
         )
         self._save(

@@ -90,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from omegaconf import OmegaConf
 
-    from plm_lightning.models.inference import embed_folder, load_trained_model
+    from plm_lightning.checkpoints import load_trained_model
+    from plm_lightning.models.inference import embed_folder
     from plm_lightning.retrieval.index import metric_for, write_export
 
     try:

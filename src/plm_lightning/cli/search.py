@@ -132,8 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             query_path, query_label = export.paths[args.index_item], int(export.labels[args.index_item])
             exclude = [args.index_item]
         else:
+            from plm_lightning.checkpoints import load_trained_model
             from plm_lightning.data.images import UnreadableImageError, load_rgb
-            from plm_lightning.models.inference import load_trained_model
 
             ckpt = args.ckpt or export.meta.get("checkpoint")
             if not ckpt or not Path(ckpt).is_file():

@@ -7,6 +7,7 @@ and choices, suggests close matches. Nothing runs before the whole config has be
 from __future__ import annotations
 
 import difflib
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from plm_lightning.config.migration import moved_key, upgrade
 from plm_lightning.config.schema import Config
 
 
@@ -96,6 +98,8 @@ def _check_keys(data: Any, schema: DictConfig, source: str, prefix: str = "") ->
         return
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if isinstance(key, str) and key not in schema and moved_key(full) is not None:
+            raise ConfigError(f"config key '{full}' is now '{moved_key(full)}' ({source}); docs/configuration.md")
         if not isinstance(key, str) or key not in schema:
             candidates = _schema_keys(schema, prefix)
             close = difflib.get_close_matches(full, candidates, n=3, cutoff=0.6)
@@ -175,6 +179,10 @@ def load_config(config: str | None = None, overrides: Sequence[str] = (), check_
             raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config groups at the top level")
+        data, moved = upgrade(data)  # e.g. the config.yaml of a run made before keys moved
+        if moved:
+            names = ", ".join(f"{old} -> {new}" for old, new in moved)
+            print(f"note: {path}: read old config keys under their new names: {names}", file=sys.stderr)
         cfg = _merge(cfg, data, f"in {path}")
     dotlist = parse_overrides(list(overrides))
     if dotlist:

@@ -124,13 +124,11 @@ class SupervisedConfig:
 
 
 @dataclass
-class MethodConfig:
-    # plm: the method (unsupervised) | supervised: a labelled reference (an upper bound; backbone pretraining)
-    name: str = one_of("plm", ("plm", "supervised"))
-    # The similarity estimator (manifold/estimators.py): plm, or the baselines / ablations gaussian, knn, kmeans
-    similarity: str = "plm"
-    # Similarity: s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta  [paper form; ours: 4, 1 from the paper's ablation]
-    n_alpha: float = 4.0
+class PLMSimilarityConfig:
+    """method.plm: the method's similarity, s' = (1 + o/2)^-n_alpha (1 + p)^-n_beta, and the pieces it measures o
+    and p against (docs/method.md)."""
+
+    n_alpha: float = 4.0  # [paper form; ours: 4, 1 from the paper's ablation]
     n_beta: float = 1.0
     piece_dim: int = 2  # m [ours]
     max_candidates: Optional[int] = None  # M, candidates per neighbourhood [ours: None = 2 * neighbours_per_seed]
@@ -144,21 +142,73 @@ class MethodConfig:
     # batch's median pairwise distance, so s does not depend on how compact the teacher's space is [ours]
     distance_scale: str = "absolute"  # manifold/similarity.py DISTANCE_SCALES
     binary_threshold: Optional[float] = None  # "binary similarity" ablation: s -> 1[s >= threshold]
-    gaussian_sigma: float = 3.0  # gaussian: s = exp(-||x_i - x_j||^2 / sigma) [STML's kernel width]
-    knn_k: Optional[int] = None  # knn: neighbours per point [None = neighbours_per_seed]
-    kmeans_clusters: Optional[int] = None  # kmeans: clusters per batch [None = batch_size / neighbours_per_seed]
-    num_proxies: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]
+
+
+@dataclass
+class GaussianConfig:
+    """method.similarity=gaussian (STML's kernel in PLM's loss): s = exp(-||x_i - x_j||^2 / sigma)."""
+
+    sigma: float = 3.0  # [STML's kernel width]
+
+
+@dataclass
+class KNNConfig:
+    """method.similarity=knn: s = 1 for a point's k nearest batch neighbours, else 0."""
+
+    k: Optional[int] = None  # [None = data.neighbours_per_seed]
+
+
+@dataclass
+class KMeansConfig:
+    """method.similarity=kmeans: s = 1 within a k-means cluster of the batch, else 0."""
+
+    clusters: Optional[int] = None  # clusters per batch [None = data.batch_size / data.neighbours_per_seed]
+
+
+@dataclass
+class ProxyConfig:
+    """method.proxies: the learnable proxy manifold (N_rho points with their pieces) [paper: concept; details ours]."""
+
+    count: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]; 0 = no proxies
     # data: teacher embeddings of random images + local PCA [ours] | random
-    proxy_init: str = one_of("data", ("data", "random"))
-    proxy_neighbours: Optional[int] = None  # q for L_nbhd (and L_proxy's nearest) [ours: None = neighbours_per_seed]
+    init: str = one_of("data", ("data", "random"))
+    neighbours: Optional[int] = None  # q for L_nbhd (and L_proxy's nearest) [ours: None = data.neighbours_per_seed]
     # L_proxy over every (point, proxy) pair ("all") or each point's q most similar proxies ("nearest") [ours]
-    proxy_pairs: str = one_of("all", ("all", "nearest"))
+    pairs: str = one_of("all", ("all", "nearest"))
+
+
+@dataclass
+class LossConfig:
+    """method.loss: L = L_point + lambda_proxy L_proxy + lambda_nbhd L_nbhd; distances regressed on delta (1 - s)."""
+
     lambda_proxy: float = 1.0  # [ours]
     lambda_nbhd: float = 1.0  # [ours]
     delta: float = 1.0  # target distance scale [ours]
-    normalize_student: bool = True  # [ours]
-    normalize_teacher: bool = True  # [ours]
-    ema_momentum: float = 0.999  # [ours, following STML]
+    normalize_student: bool = True  # z L2-normalised [ours]
+
+
+@dataclass
+class TeacherConfig:
+    """method.teacher: the EMA teacher whose embeddings x the similarity is measured in."""
+
+    momentum: float = 0.999  # EMA momentum [ours, following STML]
+    normalize: bool = True  # x L2-normalised [ours]
+
+
+@dataclass
+class MethodConfig:
+    # plm: the method (unsupervised) | supervised: a labelled reference (an upper bound; backbone pretraining)
+    name: str = one_of("plm", ("plm", "supervised"))
+    # The similarity estimator (manifold/estimators.py): plm, or the baselines / ablations gaussian, knn, kmeans;
+    # each has its knobs in the section of its name
+    similarity: str = "plm"
+    plm: PLMSimilarityConfig = field(default_factory=PLMSimilarityConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    proxies: ProxyConfig = field(default_factory=ProxyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
 

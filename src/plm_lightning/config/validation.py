@@ -25,9 +25,9 @@ CHOICES = {
     "model.backbone": tuple(BACKBONES),
     "model.pooling": POOLINGS,
     "method.similarity": ESTIMATORS,
-    "method.symmetrize": SYMMETRIZATIONS,
-    "method.greedy_test": GREEDY_TESTS,
-    "method.distance_scale": DISTANCE_SCALES,
+    "method.plm.symmetrize": SYMMETRIZATIONS,
+    "method.plm.greedy_test": GREEDY_TESTS,
+    "method.plm.distance_scale": DISTANCE_SCALES,
 }
 
 
@@ -130,11 +130,11 @@ POSITIVE = (
     "data.views",
     "model.embedding_dim",
     "model.width",
-    "method.n_alpha",
-    "method.piece_dim",
-    "method.tau",
-    "method.delta",
-    "method.gaussian_sigma",
+    "method.plm.n_alpha",
+    "method.plm.piece_dim",
+    "method.plm.tau",
+    "method.loss.delta",
+    "method.gaussian.sigma",
     "method.supervised.temperature",
     "optim.lr",
     "trainer.max_epochs",
@@ -147,17 +147,17 @@ POSITIVE = (
 POSITIVE_OR_NULL = (
     "optim.head_lr",
     "optim.proxy_lr",
-    "method.max_candidates",
-    "method.proxy_neighbours",
-    "method.knn_k",
-    "method.kmeans_clusters",
+    "method.plm.max_candidates",
+    "method.proxies.neighbours",
+    "method.knn.k",
+    "method.kmeans.clusters",
     "trainer.stop_after_epochs",
 )
 NON_NEGATIVE = (
-    "method.n_beta",
-    "method.num_proxies",
-    "method.lambda_proxy",
-    "method.lambda_nbhd",
+    "method.plm.n_beta",
+    "method.proxies.count",
+    "method.loss.lambda_proxy",
+    "method.loss.lambda_nbhd",
     "optim.weight_decay",
     "optim.warmup_epochs",
     "data.num_workers",
@@ -187,10 +187,12 @@ def _check_ranges(cfg: DictConfig) -> None:
     for key in NON_NEGATIVE:
         value = _get(cfg, key)
         _require(value >= 0, key, value, "must be non-negative")
-    momentum = cfg.method.ema_momentum
-    _require(0 <= momentum < 1, "method.ema_momentum", momentum, "must be in [0, 1)")
-    threshold = cfg.method.binary_threshold
-    _require(threshold is None or 0 < threshold <= 1, "method.binary_threshold", threshold, "must be in (0, 1] or null")
+    momentum = cfg.method.teacher.momentum
+    _require(0 <= momentum < 1, "method.teacher.momentum", momentum, "must be in [0, 1)")
+    threshold = cfg.method.plm.binary_threshold
+    _require(
+        threshold is None or 0 < threshold <= 1, "method.plm.binary_threshold", threshold, "must be in (0, 1] or null"
+    )
     fraction = cfg.data.train_class_fraction
     _require(0 < fraction < 1, "data.train_class_fraction", fraction, "must be in (0, 1)")
 

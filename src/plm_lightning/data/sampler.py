@@ -114,3 +114,22 @@ def neighbour_table(embeddings: torch.Tensor, k: int, *, backend: str = "auto") 
         return own
     _, nearest = knn_search(embeddings, embeddings, k - 1, exclude_self=True, backend=backend)
     return torch.cat([own, nearest.cpu()], dim=1)
+
+
+def training_batches(
+    embeddings: torch.Tensor,
+    batch_size: int,
+    neighbours_per_seed: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    max_batches: Optional[int] = None,
+    backend: str = "auto",
+) -> list[list[int]]:
+    """The batches that training builds from these embeddings at ``epoch`` (same sampler, same order): for the
+    analyses and figures that measure a similarity where training would."""
+    sampler = NearestNeighbourBatchSampler(embeddings.shape[0], batch_size, neighbours_per_seed, seed=seed)
+    sampler.set_neighbours(neighbour_table(embeddings, neighbours_per_seed, backend=backend))
+    sampler.set_epoch(epoch)
+    batches = list(sampler)
+    return batches[:max_batches] if max_batches is not None else batches

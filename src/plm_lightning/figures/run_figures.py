@@ -243,16 +243,19 @@ def pair_similarities(
     backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(same-class s, different-class s, {purity, pearson}) of ``estimator`` on the nearest-neighbour batches
-    that training would build from these embeddings (analysis/similarity_report.py)."""
+    that training would build from these embeddings (data.sampler.training_batches, manifold.quality)."""
     import torch
 
-    from plm_lightning.analysis.similarity_report import nn_batches, similarity_report
+    from plm_lightning.data.sampler import training_batches
+    from plm_lightning.manifold.quality import similarity_report
 
     emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     emb = teacher_space(emb, normalize)  # as the similarity sees the teacher's embeddings in training
     batch_size = min(batch_size, emb.shape[0] - emb.shape[0] % neighbours_per_seed)
-    batches = nn_batches(emb, batch_size, neighbours_per_seed, seed=seed, max_batches=max_batches, backend=backend)
+    batches = training_batches(
+        emb, batch_size, neighbours_per_seed, seed=seed, max_batches=max_batches, backend=backend
+    )
     report, values = similarity_report(
         emb, lab, {"s": estimator}, batches, purity_k=neighbours_per_seed, keep_values=True
     )

@@ -53,7 +53,7 @@ class ProxyManifold(nn.Module):
         """
         n = embeddings.shape[0]
         if self.num_proxies > n:
-            raise ValueError(f"method.num_proxies={self.num_proxies} exceeds the {n} training images")
+            raise ValueError(f"method.proxies.count={self.num_proxies} exceeds the {n} training images")
         chosen = torch.randperm(n, generator=generator)[: self.num_proxies].to(embeddings.device)
         self.points.copy_(embeddings[chosen].to(self.points))
         basis = local_pca_basis(embeddings, neighbours[chosen], self.piece_dim, generator=generator)

@@ -11,6 +11,7 @@ truth"; the paper's Slide 14). Diagnostics only: labels are read here and never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -75,3 +76,36 @@ class SimilarityQuality:
 
     def reset(self) -> None:
         self.sums = torch.zeros(8, dtype=torch.float64)
+
+
+@torch.no_grad()
+def similarity_report(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    estimators: Mapping[str, Callable[[torch.Tensor], Any]],
+    batches: list[list[int]],
+    *,
+    purity_k: int,
+    keep_values: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, torch.Tensor]]]:
+    """{estimator: {"purity", "pearson"}} over the given batches; with keep_values, also the off-diagonal s values
+    split into same-class and different-class pairs (for histograms)."""
+    report: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, torch.Tensor]] = {}
+    for name, estimator in estimators.items():
+        quality = SimilarityQuality(k=purity_k)
+        same_vals, diff_vals = [], []
+        for batch in batches:
+            idx = torch.as_tensor(batch)
+            x, y = embeddings[idx], labels[idx]
+            s = estimator(x).s
+            quality.update(s, y)
+            if keep_values:
+                off = ~torch.eye(len(batch), dtype=torch.bool)
+                same = (y[:, None] == y[None, :]) & off
+                same_vals.append(s[same].float().cpu())
+                diff_vals.append(s[~same & off].float().cpu())
+        report[name] = quality.compute()
+        if keep_values:
+            values[name] = {"same": torch.cat(same_vals), "different": torch.cat(diff_vals)}
+    return report, values

@@ -31,7 +31,7 @@ class SimilarityResult:
 
 def teacher_space(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """The teacher's embeddings as the similarity (and the nearest-neighbour table) sees them: rows scaled to unit
-    length when ``normalize`` (method.normalize_teacher [ours]), else as they are. The one place that decides it."""
+    length when ``normalize`` (method.teacher.normalize [ours]), else as they are. The one place that decides it."""
     return torch.nn.functional.normalize(x, dim=1) if normalize else x
 
 

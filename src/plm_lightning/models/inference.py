@@ -1,9 +1,10 @@
 """A trained model for inference: the student network of a plm-fit checkpoint with its evaluation transform,
 embedding image files, in-memory images, or a dataset split, as float32 (L2-normalised when ``eval.normalize``).
 
-The checkpoint is read as plain data (``torch.load(weights_only=True)``); its ``hyper_parameters`` hold the run's
-config as a dict, from which the student is rebuilt (without downloading pretrained weights: the checkpoint has
-them). Embedding runs in float32 whatever ``trainer.precision`` the run trained with; no Trainer is involved.
+The checkpoint is read as plain data (``torch.load(weights_only=True)``) by ``plm_lightning.checkpoints``; its
+``hyper_parameters`` hold the run's config, from which the student is rebuilt here (without downloading pretrained
+weights: the checkpoint has them). Embedding runs in float32 whatever ``trainer.precision`` the run trained with;
+no Trainer is involved.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plm_lightning.config.schema import Config
 from plm_lightning.data.images import UnreadableImageError, list_images, load_rgb
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.transforms import build_transform
 from plm_lightning.models.embedding_pass import embed_loader
 from plm_lightning.models.head import backbone_input_channels, backbone_input_space, build_embedder
-from plm_lightning.utils.checkpoint_io import load_checkpoint_file, require_finite
+from plm_lightning.utils.checkpoint_io import require_finite
 
-__all__ = ["FolderListing", "TrainedModel", "dataset_item_ids", "embed_folder", "list_folder", "load_trained_model"]
+__all__ = ["FolderListing", "TrainedModel", "dataset_item_ids", "embed_folder", "list_folder", "trained_model"]
 
 
 @dataclass
@@ -171,16 +171,11 @@ def dataset_item_ids(dataset: Any, name: str, split: str) -> list[str]:
     return [f"{name}:{split}:{i}" for i in range(len(dataset))]
 
 
-def load_trained_model(ckpt: str | os.PathLike, device: Optional[str] = None) -> TrainedModel:
-    """The student of a plm-fit checkpoint; ValueError (one line) for a file that is not one."""
-    state: dict[str, Any] = load_checkpoint_file(ckpt)
-    hp = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not isinstance(hp, dict) or "config" not in hp or "state_dict" not in state:
-        raise ValueError(f"{ckpt}: not a plm-fit checkpoint (no config in its hyper_parameters, or no state_dict)")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), hp["config"])
-    except Exception as exc:
-        raise ValueError(f"{ckpt}: its config does not fit this version's schema: {str(exc).splitlines()[0]}") from None
+def trained_model(state: dict[str, Any], cfg: DictConfig, ckpt: str, device: Optional[str] = None) -> TrainedModel:
+    """The student of a loaded plm-fit checkpoint, rebuilt from ``cfg`` (the config it holds, merged onto the
+    schema: checkpoints.checkpoint_config); ValueError (one line) when its weights do not fit.
+    ``checkpoints.load_trained_model`` reads the file."""
+    hp = state.get("hyper_parameters") or {}
     model = cfg.model
     in_channels = int(
         hp.get("in_channels")

@@ -30,19 +30,19 @@ class PLMModule(EmbeddingModule):
         method = cfg.method
         derived = derived_method_values(cfg)
         self.proxies = (
-            ProxyManifold(method.num_proxies, cfg.model.embedding_dim, method.piece_dim)
-            if method.num_proxies > 0
+            ProxyManifold(method.proxies.count, cfg.model.embedding_dim, method.plm.piece_dim)
+            if method.proxies.count > 0
             else None
         )
         self.criterion = PLMLoss(
             build_similarity(cfg),
-            delta=method.delta,
-            lambda_proxy=method.lambda_proxy,
-            lambda_nbhd=method.lambda_nbhd,
+            delta=method.loss.delta,
+            lambda_proxy=method.loss.lambda_proxy,
+            lambda_nbhd=method.loss.lambda_nbhd,
             proxy_neighbours=derived["proxy_neighbours"],
-            proxy_pairs=method.proxy_pairs,
-            normalize_student=method.normalize_student,
-            normalize_teacher=method.normalize_teacher,
+            proxy_pairs=method.proxies.pairs,
+            normalize_student=method.loss.normalize_student,
+            normalize_teacher=method.teacher.normalize,
         )
 
     def train(self, mode: bool = True):
@@ -60,7 +60,7 @@ class PLMModule(EmbeddingModule):
         every rank in dataset order, in the teacher's space (normalised as the loss sees them)."""
         idx, emb, lab = embed_loader(self.teacher, loader, self.device, self._autocast)
         idx, emb, _ = gather_by_index(self.all_gather, self.trainer.world_size, idx, emb, lab)
-        emb = teacher_space(emb, self.cfg.method.normalize_teacher)
+        emb = teacher_space(emb, self.cfg.method.teacher.normalize)
         self.require_finite(**{"teacher's embeddings of the training split": emb})
         return emb
 
@@ -69,7 +69,7 @@ class PLMModule(EmbeddingModule):
         if self.proxies is not None and not bool(self.proxies.initialized):
             # Same seed on every rank and identical gathered embeddings: identical proxies everywhere.
             generator = torch.Generator().manual_seed(self.cfg.run.seed)
-            if self.cfg.method.proxy_init == "random":
+            if self.cfg.method.proxies.init == "random":
                 self.proxies.initialise_random_(generator)
             else:
                 self.proxies.initialise_(refresh.embeddings.to(self.device), refresh.table.to(self.device), generator)
@@ -97,7 +97,7 @@ class PLMModule(EmbeddingModule):
         return {"loss": out["loss"], "s": out["s"].detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        ema_update_(self.teacher, self.student, self.cfg.method.ema_momentum)
+        ema_update_(self.teacher, self.student, self.cfg.method.teacher.momentum)
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         if self.proxies is None:

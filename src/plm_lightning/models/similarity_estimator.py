@@ -20,10 +20,10 @@ def derived_method_values(cfg: DictConfig) -> dict[str, int]:
         return value if value is not None else fallback
 
     return {
-        "max_candidates": default(method.max_candidates, 2 * k),
-        "proxy_neighbours": default(method.proxy_neighbours, k),
-        "knn_k": default(method.knn_k, k),
-        "kmeans_clusters": default(method.kmeans_clusters, cfg.data.batch_size // k),
+        "max_candidates": default(method.plm.max_candidates, 2 * k),
+        "proxy_neighbours": default(method.proxies.neighbours, k),
+        "knn_k": default(method.knn.k, k),
+        "kmeans_clusters": default(method.kmeans.clusters, cfg.data.batch_size // k),
     }
 
 
@@ -33,18 +33,18 @@ def build_similarity(cfg: DictConfig, name: Optional[str] = None) -> SimilarityE
     d = derived_method_values(cfg)
     return build_estimator(
         name or method.similarity,
-        n_alpha=method.n_alpha,
-        n_beta=method.n_beta,
-        piece_dim=method.piece_dim,
+        n_alpha=method.plm.n_alpha,
+        n_beta=method.plm.n_beta,
+        piece_dim=method.plm.piece_dim,
         max_candidates=d["max_candidates"],
-        tau=method.tau,
-        subset_selection=method.subset_selection,
-        gaussian_sigma=method.gaussian_sigma,
+        tau=method.plm.tau,
+        subset_selection=method.plm.subset_selection,
+        gaussian_sigma=method.gaussian.sigma,
         knn_k=d["knn_k"],
         kmeans_clusters=d["kmeans_clusters"],
         seed=cfg.run.seed,
-        binary_threshold=method.binary_threshold,
-        symmetrize=method.symmetrize,
-        greedy_test=method.greedy_test,
-        distance_scale=method.distance_scale,
+        binary_threshold=method.plm.binary_threshold,
+        symmetrize=method.plm.symmetrize,
+        greedy_test=method.plm.greedy_test,
+        distance_scale=method.plm.distance_scale,
     )
