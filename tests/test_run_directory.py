@@ -5,13 +5,16 @@ import pytest
 from plm_lightning.run_directory import _may_change
 
 
-@pytest.mark.parametrize("key", ["paper.metrics.R@1", "paper.source", "logger.group", "run.dir", "data.num_workers"])
+@pytest.mark.parametrize(
+    "key", ["paper.metrics.R@1", "paper.source", "logger.group", "run.dir", "data.loader.num_workers"]
+)
 def test_keys_that_do_not_change_the_computation_may_change_on_resume(key):
     assert _may_change(key)
 
 
 @pytest.mark.parametrize(
-    "key", ["method.loss.delta", "run.seed", "data.crop_scale", "data.hflip", "optim.lr", "papers"]
+    "key",
+    ["method.loss.delta", "run.seed", "data.augmentation.crop_scale", "data.augmentation.hflip", "optim.lr", "papers"],
 )
 def test_keys_that_change_the_computation_may_not(key):
     assert not _may_change(key)
@@ -25,11 +28,13 @@ def _old_layout(cfg):
 
     data = OmegaConf.to_container(cfg, resolve=True)
     for old, new in MOVED.items():
-        _, group, leaf = new.split(".")
-        data["method"][old.split(".")[1]] = data["method"][group].pop(leaf)
-    for group in {new.split(".")[1] for new in MOVED.values()}:
-        assert not data["method"][group]
-        del data["method"][group]
+        section, group, leaf = new.split(".")
+        data[section][old.split(".")[1]] = data[section][group].pop(leaf)
+    for new in MOVED.values():
+        section, group, _ = new.split(".")
+        if group in data[section]:
+            assert not data[section][group]
+            del data[section][group]
     return data
 
 
@@ -42,7 +47,7 @@ def test_a_run_written_before_the_keys_moved_is_the_same_run(tmp_path):
     cfg = load_config("digits.yaml", ["method.proxies.count=7"])
     saved = tmp_path / "config.yaml"
     saved.write_text(yaml.safe_dump(_old_layout(cfg)))
-    assert "num_proxies: 7" in saved.read_text()
+    assert "num_proxies: 7" in saved.read_text() and "batch_size: 60" in saved.read_text()
     assert same_run_config(saved, cfg)
     assert not same_run_config(saved, load_config("digits.yaml", ["method.proxies.count=8"]))
 

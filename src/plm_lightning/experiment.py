@@ -149,7 +149,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
         enable_version_counter=False,
     )
     loggers = build_loggers(cfg, run_dir)
-    callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.neighbours_per_seed), checkpoint, last]
+    callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.sampler.neighbours_per_seed), checkpoint, last]
     callbacks.append(ParameterSummary())  # Lightning's, less a FLOPs column it never counts for our modules
     callbacks.append(Throughput())  # train/images_per_sec, train/data_wait_fraction: is loading the bottleneck?
     if cfg.eval.plots:  # after the evaluation callback: it draws from what that one computed

@@ -30,9 +30,7 @@ RESUME_MAY_CHANGE = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "data.root",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "data.eval_batch_size",
+    "data.loader",  # worker processes, prefetching, the evaluation batch size: speed, not results
     "model.pretrained",
     "model.weights",
     "eval.plots",

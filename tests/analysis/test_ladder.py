@@ -13,15 +13,15 @@ from plm_lightning.analysis.ladder import LADDER, goal_checks, markdown_table, s
 TINY = [
     "data.glyphs.classes=4",
     "data.glyphs.images_per_class=6",
-    "data.batch_size=10",
+    "data.sampler.batch_size=10",
     "trainer.max_epochs=2",
     "method.proxies.count=4",
-    "data.eval_batch_size=64",
+    "data.loader.eval_batch_size=64",
 ]
 TINY_PRETRAIN = [
     "data.glyphs.source_classes=6",
     "data.glyphs.source_images_per_class=4",
-    "data.batch_size=8",
+    "data.sampler.batch_size=8",
     "trainer.max_epochs=1",
     "eval.every_n_epochs=1",
 ]

@@ -32,7 +32,7 @@ def test_curvature_study(synthetic_cfg, tmp_path):
 
 def test_sensitivity_study(synthetic_cfg, tmp_path):
     grid = {
-        "data.neighbours_per_seed": [2, 5],
+        "data.sampler.neighbours_per_seed": [2, 5],
         "method.plm.tau": [0.25, 1.0],
         "method.plm.piece_dim": [1, 3],
         "method.plm.max_candidates": [3, 12],
@@ -52,8 +52,8 @@ def test_proxies_study_runs_every_setting(synthetic_cfg, tmp_path):
     seen = []
 
     def fake_fit(cfg):  # the real fit is exercised by the CLI test below; here: which configs are trained
-        seen.append((cfg.data.batch_size, cfg.method.proxies.count, cfg.run.dir))
-        r1 = 50.0 + cfg.method.proxies.count / 10 + cfg.data.batch_size / 100
+        seen.append((cfg.data.sampler.batch_size, cfg.method.proxies.count, cfg.run.dir))
+        r1 = 50.0 + cfg.method.proxies.count / 10 + cfg.data.sampler.batch_size / 100
         return {"initial": {"R@1": 40.0}, "final": {"R@1": r1, "MAP@R": 10.0}, "best": {"R@1": r1}}
 
     rows = proxies_study(synthetic_cfg, tmp_path, batch_sizes=(30, 60), num_proxies=(0, 20), fit=fake_fit)
@@ -68,8 +68,8 @@ def test_with_overrides_validates():
     assert with_overrides(cfg, method__plm__tau=0.3).method.plm.tau == 0.3
     from plm_lightning.config import ConfigError
 
-    with pytest.raises(ConfigError, match="data.batch_size"):
-        with_overrides(cfg, data__batch_size=61)
+    with pytest.raises(ConfigError, match="data.sampler.batch_size"):
+        with_overrides(cfg, data__sampler__batch_size=61)
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_proxies_study_trains_for_real(synthetic_cfg, tmp_path):
         trainer__max_epochs=1,
         trainer__limit_train_batches=2,
         eval__before_training=False,
-        data__batch_size=30,
+        data__sampler__batch_size=30,
     )
     rows = proxies_study(cfg, tmp_path, batch_sizes=(30,), num_proxies=(0, 5))
     assert [(r["batch_size"], r["num_proxies"]) for r in rows] == [(30, 0), (30, 5)]

@@ -77,8 +77,8 @@ def test_report_groups_by_config_lists_unfinished_runs_and_shows_the_paper(tmp_p
 
     runs = tmp_path / "runs"
     # Two seeds of the digits config (run from different data roots / workers: the same measurement) ...
-    fake_run(runs / "a0", "digits.yaml", ["trainer.max_epochs=2", "data.num_workers=0"], 0, 2, 90.0)
-    fake_run(runs / "a1", "digits.yaml", ["trainer.max_epochs=2", "data.num_workers=2"], 1, 2, 92.0)
+    fake_run(runs / "a0", "digits.yaml", ["trainer.max_epochs=2", "data.loader.num_workers=0"], 0, 2, 90.0)
+    fake_run(runs / "a1", "digits.yaml", ["trainer.max_epochs=2", "data.loader.num_workers=2"], 1, 2, 92.0)
     # ... one seed of a different config, an unfinished run and a W&B copy of a config, which is not a run
     fake_run(runs / "b0", "digits.yaml", ["trainer.max_epochs=2", "method.proxies.count=0"], 0, 2, 80.0)
     fake_run(runs / "a2", "digits.yaml", ["trainer.max_epochs=2"], 2, 1, 10.0)

@@ -44,8 +44,8 @@ def _as_written_before_the_datamodule_held_batching_state(checkpoint_path):
     [
         ([], False),  # the neighbour table is rebuilt from the restored teacher at the start of the resumed epoch
         # resumed mid-interval: the table comes from the checkpoint (the DataModule's state)
-        (["data.refresh_every=2", "logger.csv=false"], False),
-        (["data.refresh_every=2", "logger.csv=false"], True),  # ... from a checkpoint in the earlier layout
+        (["data.sampler.refresh_every=2", "logger.csv=false"], False),
+        (["data.sampler.refresh_every=2", "logger.csv=false"], True),  # ... from a checkpoint in the earlier layout
     ],
     ids=["refresh_every_epoch", "refresh_every_2", "refresh_every_2_legacy_checkpoint"],
 )
@@ -64,7 +64,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra, l
     # The batching state is the DataModule's (Lightning stores its state_dict); the module keeps only the RNG.
     saved = _final_state(b)
     assert saved["RetrievalDataModule"]["epoch"] == 0 and set(saved["plm_resume"]) == {"rng"}
-    refresh_every = 2 if "data.refresh_every=2" in extra else 1
+    refresh_every = 2 if "data.sampler.refresh_every=2" in extra else 1
     assert ("neighbours" in saved["RetrievalDataModule"]) == (refresh_every > 1)
     if legacy:
         _as_written_before_the_datamodule_held_batching_state(b / "checkpoints" / "last.ckpt")

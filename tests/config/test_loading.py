@@ -32,10 +32,16 @@ def test_override_formats_are_equivalent(args):
 def test_wandb_agent_values():
     # The W&B agent writes Python str() values: None, True, 1e-05, [1, 2].
     cfg = load_config(
-        "digits", ["--method.plm.max_candidates=None", "--data.augment=False", "--optim.lr=1e-05", "--eval.ks=[1, 2]"]
+        "digits",
+        [
+            "--method.plm.max_candidates=None",
+            "--data.augmentation.enabled=False",
+            "--optim.lr=1e-05",
+            "--eval.ks=[1, 2]",
+        ],
     )
     assert cfg.method.plm.max_candidates is None
-    assert cfg.data.augment is False
+    assert cfg.data.augmentation.enabled is False
     assert cfg.optim.lr == pytest.approx(1e-5)
     assert list(cfg.eval.ks) == [1, 2]
 
@@ -56,7 +62,7 @@ def test_yaml_file_by_path(tmp_path):
         (["optim.lrr=0.1"], "'optim.lrr'"),
         (["optim.lr=abc"], "'optim.lr'"),
         (["optim.lr=-1"], "'optim.lr'"),
-        (["data.batch_size=61"], "divisible by data.neighbours_per_seed"),
+        (["data.sampler.batch_size=61"], "divisible by data.sampler.neighbours_per_seed"),
         (["data.name=digitz"], "did you mean 'digits'"),
         (["data.name=folder", "data.root=/definitely/not/here"], "'data.root'"),
         (["trainer.precision=fp8"], "'trainer.precision'"),
@@ -139,14 +145,18 @@ def test_an_old_key_on_the_command_line_names_the_new_one():
         load_config("digits.yaml", ["method.num_proxies=0"])
     with pytest.raises(ConfigError, match=r"'method.ema_momentum' is now 'method.teacher.momentum'"):
         load_config("digits.yaml", ["--method.ema_momentum", "0.9"])
+    with pytest.raises(ConfigError, match=r"'data.batch_size' is now 'data.sampler.batch_size'"):
+        load_config("digits.yaml", ["data.batch_size=30"])
 
 
 def test_a_config_file_with_old_keys_is_read_under_the_new_names(tmp_path, capsys):
     old = tmp_path / "config.yaml"  # as a run made before the move wrote it
     old.write_text(
-        "data:\n  name: digits\nmethod:\n  num_proxies: 7\n  tau: 0.3\n  ema_momentum: 0.99\n  proxy_pairs: nearest\n"
+        "data:\n  name: digits\n  batch_size: 30\n  num_workers: 0\n"
+        "method:\n  num_proxies: 7\n  tau: 0.3\n  ema_momentum: 0.99\n  proxy_pairs: nearest\n"
     )
     cfg = load_config(str(old))
+    assert cfg.data.sampler.batch_size == 30 and cfg.data.loader.num_workers == 0
     assert cfg.method.proxies.count == 7 and cfg.method.plm.tau == 0.3
     assert cfg.method.teacher.momentum == 0.99 and cfg.method.proxies.pairs == "nearest"
     note = capsys.readouterr().err
@@ -156,13 +166,17 @@ def test_a_config_file_with_old_keys_is_read_under_the_new_names(tmp_path, capsy
 def test_upgrade_moves_every_old_key_and_keeps_a_new_value():
     from plm_lightning.config.migration import MOVED, upgrade
 
-    old = {"method": {key.split(".", 1)[1]: i for i, key in enumerate(MOVED)}, "optim": {"lr": 0.1}}
+    old: dict = {"optim": {"lr": 0.1}}
+    for i, key in enumerate(MOVED):
+        section, leaf = key.split(".")
+        old.setdefault(section, {})[leaf] = i
     new, moved = upgrade(old)
     assert [o for o, _ in moved] == list(MOVED) and new["optim"] == {"lr": 0.1}
     for i, target in enumerate(MOVED.values()):
-        _, group, leaf = target.split(".")
-        assert new["method"][group][leaf] == i
+        section, group, leaf = target.split(".")
+        assert new[section][group][leaf] == i
     assert set(new["method"]) == {"plm", "gaussian", "knn", "kmeans", "proxies", "loss", "teacher"}
+    assert set(new["data"]) == {"augmentation", "sampler", "loader"}
     assert "num_proxies" in old["method"] and "proxies" not in old["method"]  # the input is not modified
     both, _ = upgrade({"method": {"num_proxies": 1, "proxies": {"count": 2}}})
     assert both["method"] == {"proxies": {"count": 2}}  # written by this version: the new place wins

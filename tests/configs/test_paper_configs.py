@@ -39,10 +39,10 @@ SMALL = [
     "model.pretrained=false",
     "data.image_size=32",
     "data.resize=36",
-    "data.batch_size=6",
-    "data.neighbours_per_seed=2",
-    "data.eval_batch_size=8",
-    "data.num_workers=0",
+    "data.sampler.batch_size=6",
+    "data.sampler.neighbours_per_seed=2",
+    "data.loader.eval_batch_size=8",
+    "data.loader.num_workers=0",
     "method.proxies.count=4",
     "trainer.max_steps=2",
     "trainer.accelerator=cpu",
@@ -68,7 +68,7 @@ def test_config_holds_the_settings_and_validates_on_a_miniature_tree(config, tmp
         ks,
     )
     assert cfg.model.pretrained and cfg.data.check_counts  # the real runs: ImageNet weights, official counts
-    assert cfg.data.num_workers > 0  # images stream from disk through worker processes
+    assert cfg.data.loader.num_workers > 0  # images stream from disk through worker processes
     header = (CONFIGS / f"{config}.yaml").read_text().split("\ndata:")[0]
     if target:
         assert f"R@1 {target}" in header  # the paper's target number is in the comments
@@ -102,7 +102,7 @@ def test_two_training_steps_end_to_end(config, tmp_path):
     dataset = PAPER[config][0]
     root = tree(dataset, tmp_path)
     run_dir = tmp_path / "run"
-    extra = ["data.num_workers=2"] if config == "folder_resnet50" else []  # one run through worker processes
+    extra = ["data.loader.num_workers=2"] if config == "folder_resnet50" else []  # one run through worker processes
     result = run_cli("fit", "--config", f"{config}.yaml", f"data.root={root}", *SMALL, *extra, f"run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -140,4 +140,4 @@ def test_a_training_split_smaller_than_one_batch_exits_2_naming_the_batch_size(t
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("plm-fit: error:") and "data.batch_size=120" in last and "6 images" in last
+    assert last.startswith("plm-fit: error:") and "data.sampler.batch_size=120" in last and "6 images" in last

@@ -32,12 +32,12 @@ class PixelEmbedder:
 
 
 def test_start_epoch_builds_the_table_from_the_supplied_embeddings_every_refresh_every_epochs():
-    dm = _datamodule(**{"data.refresh_every": 2})
+    dm = _datamodule(**{"data.sampler.refresh_every": 2})
     embed = PixelEmbedder()
     refresh = dm.start_epoch(0, embed)
     assert embed.calls == 1 and refresh is not None
     assert refresh.embeddings.shape[0] == len(dm.train_eval_set)
-    expected = neighbour_table(refresh.embeddings, dm.cfg.neighbours_per_seed)
+    expected = neighbour_table(refresh.embeddings, dm.cfg.sampler.neighbours_per_seed)
     assert torch.equal(refresh.table, expected) and torch.equal(dm.batch_sampler.neighbours, expected)
     assert dm.batch_sampler.epoch == 0
     assert dm.start_epoch(1, embed) is None and embed.calls == 1  # kept between refreshes
@@ -46,13 +46,13 @@ def test_start_epoch_builds_the_table_from_the_supplied_embeddings_every_refresh
 
 
 def test_state_dict_restores_the_batches_of_a_resumed_epoch_even_before_setup():
-    dm = _datamodule(**{"data.refresh_every": 2})
+    dm = _datamodule(**{"data.sampler.refresh_every": 2})
     dm.start_epoch(0, PixelEmbedder())
     dm.start_epoch(1, PixelEmbedder())
     state = dm.state_dict()
     assert state["epoch"] == 1 and torch.equal(state["neighbours"], dm.batch_sampler.neighbours)
 
-    cfg = load_config("digits.yaml", ["data.refresh_every=2"])
+    cfg = load_config("digits.yaml", ["data.sampler.refresh_every=2"])
     resumed = RetrievalDataModule(cfg.data, backbone_channels=1, seed=0)
     resumed.load_state_dict(state)  # Lightning may restore before setup(): the state waits for the sampler
     resumed.setup("fit")

@@ -76,11 +76,13 @@ def test_training_transform_never_mirrors():
     from plm_lightning.data.datamodule import RetrievalDataModule
     from plm_lightning.data.transforms import MultiView
 
-    cfg = load_config("glyphs.yaml", SMALL + ["data.batch_size=10"])
+    cfg = load_config("glyphs.yaml", SMALL + ["data.sampler.batch_size=10"])
     dm = RetrievalDataModule(cfg.data, backbone_channels=1)
     dm.setup("fit")
     transform = dm.train_set.transform
-    assert isinstance(transform, MultiView) and transform.views == cfg.data.views == 2  # glyphs.yaml: two views
+    assert (
+        isinstance(transform, MultiView) and transform.views == cfg.data.augmentation.views == 2
+    )  # glyphs.yaml: two views
     assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in transform.transform.transforms)
     x = dm.train_set[0][0]
     assert x.shape == (2, 1, 32, 32) and x.dtype == torch.float32

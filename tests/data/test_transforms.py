@@ -110,17 +110,17 @@ def test_datamodule_threads_the_input_space_into_every_split():
 
 
 def test_loader_options():
-    dm = datamodule(**{"data.num_workers": 0})
+    dm = datamodule(**{"data.loader.num_workers": 0})
     assert dm._loader_kwargs() == {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
-    dm = datamodule(**{"data.num_workers": 2, "data.prefetch_factor": 3})
+    dm = datamodule(**{"data.loader.num_workers": 2, "data.loader.prefetch_factor": 3})
     kwargs = dm._loader_kwargs()
     assert kwargs["prefetch_factor"] == 3 and kwargs["persistent_workers"] and kwargs["num_workers"] == 2
     assert kwargs["pin_memory"] == torch.cuda.is_available()
 
 
 def test_eval_loader_with_workers_is_deterministic():
-    serial = datamodule(**{"data.num_workers": 0, "data.eval_batch_size": 128})
-    parallel = datamodule(**{"data.num_workers": 2, "data.eval_batch_size": 128})
+    serial = datamodule(**{"data.loader.num_workers": 0, "data.loader.eval_batch_size": 128})
+    parallel = datamodule(**{"data.loader.num_workers": 2, "data.loader.eval_batch_size": 128})
     for dm in (serial, parallel):
         dm.setup("fit")
     batches = [list(dm.test_embedding_dataloader()) for dm in (serial, parallel)]
@@ -134,7 +134,7 @@ def test_train_loader_with_workers_waits_for_the_neighbour_table():
     epoch; worker processes must not draw from the batch sampler before the first batch is asked for."""
     orders = []
     for workers in (0, 2):
-        dm = datamodule(**{"data.num_workers": workers, "data.batch_size": 10})
+        dm = datamodule(**{"data.loader.num_workers": workers, "data.sampler.batch_size": 10})
         dm.setup("fit")
         loader = dm.train_dataloader()
         iterator = iter(loader)  # as Lightning's setup_data does: no table yet
@@ -187,7 +187,7 @@ def test_batch_affine_has_torchvisions_geometry():
 def test_batch_affine_draws_per_image_pads_with_black_and_keeps_views_apart():
     from plm_lightning.data.transforms import BatchRandomAffine, MultiView, flatten_views
 
-    dm = datamodule(**{"data.views": 2})
+    dm = datamodule(**{"data.augmentation.views": 2})
     dm.setup("fit")
     augment = dm.batch_augmentation
     assert isinstance(augment, BatchRandomAffine) and augment.fill == (-1.0,)  # (0 - 0.5) / 0.5: black
@@ -219,12 +219,12 @@ def test_batch_augmentation_only_while_training():
     Trainer.training = True
     torch.manual_seed(1)
     assert not torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
-    plain = datamodule(**{"data.augment": False})
+    plain = datamodule(**{"data.augmentation.enabled": False})
     plain.setup("fit")
     assert plain.batch_augmentation is None
 
 
-# --- the augmentation knobs (data.crop_scale, data.hflip, data.color_jitter) ---------------------------------------
+# --- the augmentation knobs (data.augmentation.crop_scale, hflip, color_jitter) -------------------------------------
 
 
 def half_bright(size=32):
@@ -281,9 +281,9 @@ def test_crop_scale_reaches_the_random_resized_crop():
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("data.hflip=true", "data.hflip"),  # digits: upright images, no flip
-        ("data.color_jitter=0.5", "data.color_jitter"),
-        ("data.crop_scale=[0.5,1.0]", "data.crop_scale"),
+        ("data.augmentation.hflip=true", "data.augmentation.hflip"),  # digits: upright images, no flip
+        ("data.augmentation.color_jitter=0.5", "data.augmentation.color_jitter"),
+        ("data.augmentation.crop_scale=[0.5,1.0]", "data.augmentation.crop_scale"),
     ],
 )
 def test_photograph_knobs_on_upright_images_are_refused(override, needle):
@@ -295,7 +295,13 @@ def test_photograph_knobs_on_upright_images_are_refused(override, needle):
 
 
 @pytest.mark.parametrize(
-    "override", ["data.crop_scale=[0.5,0.2]", "data.crop_scale=[0,1]", "data.crop_scale=[0.5]", "data.color_jitter=6"]
+    "override",
+    [
+        "data.augmentation.crop_scale=[0.5,0.2]",
+        "data.augmentation.crop_scale=[0,1]",
+        "data.augmentation.crop_scale=[0.5]",
+        "data.augmentation.color_jitter=6",
+    ],
 )
 def test_bad_augmentation_values_name_the_key(override):
     from plm_lightning.config import ConfigError
@@ -310,13 +316,17 @@ def test_the_family_default_flips_photographs_and_not_glyphs(tmp_path):
     folder = load_config(None, ["data.name=folder", f"data.root={tmp_path}"], check_data=False).data
     assert augmentation_knobs(folder) == {"crop_scale": (0.16, 1.0), "hflip": True, "color_jitter": 0.0}
     assert augmentation_knobs(load_config("glyphs.yaml").data)["hflip"] is False
-    off = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.hflip=false"], check_data=False)
+    off = load_config(
+        None, ["data.name=folder", f"data.root={tmp_path}", "data.augmentation.hflip=false"], check_data=False
+    )
     assert augmentation_knobs(off.data)["hflip"] is False
 
 
 def test_a_folder_run_with_hflip_false_has_no_flip_in_its_training_transform(tmp_path):
     # The path a run takes: config -> DataModule -> per-image training transform.
-    cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.hflip=false"], check_data=False)
+    cfg = load_config(
+        None, ["data.name=folder", f"data.root={tmp_path}", "data.augmentation.hflip=false"], check_data=False
+    )
     module = RetrievalDataModule(cfg.data, backbone_channels=3, input_space="imagenet_rgb")
     train = module._transform(True)
     assert any(isinstance(t, v2.RandomResizedCrop) for t in train.transforms)

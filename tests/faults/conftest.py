@@ -20,7 +20,7 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "eval.plots=false",
-    "data.batch_size=30",
+    "data.sampler.batch_size=30",
 ]
 # A two-epoch run of two batches an epoch; with trainer.stop_after_epochs=1 it pauses after epoch 0.
 PAUSED = [
@@ -28,7 +28,7 @@ PAUSED = [
     "trainer.limit_train_batches=2",
     "trainer.enable_progress_bar=false",
     "eval.plots=false",
-    "data.batch_size=30",
+    "data.sampler.batch_size=30",
 ]
 
 

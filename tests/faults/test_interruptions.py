@@ -23,7 +23,7 @@ def test_a_signal_ends_the_run_resumably(tmp_path, signum, code):
         "trainer.limit_train_batches=2",
         "trainer.enable_progress_bar=false",
         "eval.plots=false",
-        "data.batch_size=30",
+        "data.sampler.batch_size=30",
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "plm_lightning.cli.fit", *args],

@@ -126,7 +126,7 @@ def test_full_tmpfs(tmp_path, tmpfs):
     "overrides, needle",
     [
         (
-            ["data.glyphs.classes=2", "data.glyphs.images_per_class=3", "data.batch_size=5"],
+            ["data.glyphs.classes=2", "data.glyphs.images_per_class=3", "data.sampler.batch_size=5"],
             "the glyphs test split has 6 items, so 5 items (each query ranks all the others): "
             "Recall@8 needs at least 8",
         ),
@@ -134,9 +134,9 @@ def test_full_tmpfs(tmp_path, tmpfs):
             [
                 "data.glyphs.classes=2",
                 "data.glyphs.images_per_class=2",
-                "data.batch_size=2",
+                "data.sampler.batch_size=2",
                 "eval.ks=[1]",
-                "data.neighbours_per_seed=1",
+                "data.sampler.neighbours_per_seed=1",
                 "method.proxies.count=2",
             ],
             None,
@@ -145,9 +145,9 @@ def test_full_tmpfs(tmp_path, tmpfs):
             [
                 "data.glyphs.classes=2",
                 "data.glyphs.images_per_class=2",
-                "data.batch_size=2",
+                "data.sampler.batch_size=2",
                 "eval.ks=[1]",
-                "data.neighbours_per_seed=1",
+                "data.sampler.neighbours_per_seed=1",
             ],
             "method.proxies.count=100 exceeds the 4 images of the glyphs training split",
         ),
@@ -180,13 +180,13 @@ def test_single_item_test_split(tmp_path):
         f"data.root={root}",
         "data.train_classes=[a,b]",
         "model.pretrained=false",
-        "data.batch_size=4",
-        "data.neighbours_per_seed=2",
+        "data.sampler.batch_size=4",
+        "data.sampler.neighbours_per_seed=2",
         "data.image_size=32",
         "data.resize=36",
         f"run.dir={run_dir}",
         "eval.ks=[1]",
-        "data.num_workers=0",
+        "data.loader.num_workers=0",
     )
     line = error_line(result, "plm-fit")
     assert "folder test split has 1 items" in line
@@ -256,6 +256,8 @@ def test_symlink_loop_in_a_class_folder_is_named(tmp_path):
 
 def test_data_error_before_training_leaves_no_run_folder(tmp_path):
     run_dir = tmp_path / "new" / "run"
-    line = error_line(run("fit", "--config", "digits.yaml", f"run.dir={run_dir}", "data.batch_size=2000"), "plm-fit")
-    assert "not enough for one batch of data.batch_size=2000" in line
+    line = error_line(
+        run("fit", "--config", "digits.yaml", f"run.dir={run_dir}", "data.sampler.batch_size=2000"), "plm-fit"
+    )
+    assert "not enough for one batch of data.sampler.batch_size=2000" in line
     assert not (tmp_path / "new").exists()

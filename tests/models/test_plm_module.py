@@ -38,11 +38,11 @@ def test_teacher_is_frozen_eval_and_follows_by_ema():
 
 
 def test_views_make_one_similarity_over_every_view():
-    """data.views=2: B items of V views each are embedded as V * B points (view-major), the similarity covers all of
-    them, and the quality monitor reads the labels repeated the same way."""
+    """data.augmentation.views=2: B items of V views each are embedded as V * B points (view-major), the similarity
+    covers all of them, and the quality monitor reads the labels repeated the same way."""
     from plm_lightning.callbacks.similarity_quality import SimilarityQualityMonitor
 
-    cfg = load_config("synthetic.yaml", ["data.views=2", "method.proxies.count=0"])
+    cfg = load_config("synthetic.yaml", ["data.augmentation.views=2", "method.proxies.count=0"])
     module = PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=32)
     torch.manual_seed(0)
     x = torch.randn(10, 1, 32).repeat(1, 2, 1)  # two identical views of 10 items: B x V x D

@@ -61,7 +61,7 @@ def test_supervised_fit_and_eval_on_digits(tmp_path):
         "--config",
         "digits.yaml",
         "method.name=supervised",
-        "data.batch_size=64",
+        "data.sampler.batch_size=64",
         "trainer.max_epochs=2",
         f"run.dir={run_dir}",
         "eval.plots=true",

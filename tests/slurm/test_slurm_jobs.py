@@ -11,12 +11,12 @@ import torch
 import yaml
 from runner import run_cli
 
-# Small digits runs (as in tests/cli/test_resume.py): deterministic, in-process data loading (data.num_workers=0).
+# Small digits runs (as in tests/cli/test_resume.py): deterministic, in-process loading (data.loader.num_workers=0).
 KNOBS = [
     "trainer.deterministic=true",
     "trainer.limit_train_batches=2",
     "trainer.enable_progress_bar=false",
-    "data.num_workers=0",
+    "data.loader.num_workers=0",
 ]
 COMPARED = ("initial", "final", "best", "best_epoch", "history")
 

@@ -45,7 +45,7 @@ def training_features(
     module, datamodule = build_module(cfg)
     dataset = datamodule.train_eval_set
     if features == "raw":
-        emb, lab = raw_features(DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False))
+        emb, lab = raw_features(DataLoader(dataset, batch_size=cfg.data.loader.eval_batch_size, shuffle=False))
     else:
         if features == "checkpoint":
             if ckpt is None:

@@ -61,7 +61,7 @@ LADDER: tuple[Rung, ...] = (
 # Run with `--rungs knobs` into the ladder's run.dir to reuse its PLM runs.
 KNOBS: tuple[Rung, ...] = (
     Rung("PLM", (), "the method as configured"),
-    Rung("1 view", ("data.views=1",), "one augmented view per image"),
+    Rung("1 view", ("data.augmentation.views=1",), "one augmented view per image"),
     Rung("lr 1e-4", ("optim.lr=1e-4",), "the paper's GoogLeNet learning rate"),
     Rung(
         "greedy: current piece", ("method.plm.greedy_test=current",), "candidates tested against the piece without them"

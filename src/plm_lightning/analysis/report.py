@@ -32,9 +32,7 @@ OPERATIONAL = (
     "resume",
     "paper",
     "data.root",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "data.eval_batch_size",
+    "data.loader",  # worker processes, prefetching, the evaluation batch size: speed, not results
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "trainer.stop_after_epochs",

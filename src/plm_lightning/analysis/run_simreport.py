@@ -22,8 +22,8 @@ def config_batches(cfg: DictConfig, emb: torch.Tensor, max_batches: Optional[int
     """The nearest-neighbour batches of epoch 0 that a run of ``cfg`` would train on, from these embeddings."""
     return training_batches(
         emb,
-        cfg.data.batch_size,
-        cfg.data.neighbours_per_seed,
+        cfg.data.sampler.batch_size,
+        cfg.data.sampler.neighbours_per_seed,
         seed=cfg.run.seed,
         max_batches=max_batches,
         backend=cfg.eval.backend,
@@ -51,7 +51,7 @@ def run_simreport(
         labels,
         estimators_from_config(cfg, names),
         batches,
-        purity_k=cfg.data.neighbours_per_seed,
+        purity_k=cfg.data.sampler.neighbours_per_seed,
         keep_values=True,
     )
     clean = {

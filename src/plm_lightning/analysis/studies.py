@@ -61,7 +61,7 @@ def _quality_rows(
     emb, labels = embedded if embedded is not None else training_features(cfg, features)
     batches = config_batches(cfg, emb, max_batches)
     report, _ = similarity_report(
-        emb, labels, estimators_from_config(cfg, names), batches, purity_k=cfg.data.neighbours_per_seed
+        emb, labels, estimators_from_config(cfg, names), batches, purity_k=cfg.data.sampler.neighbours_per_seed
     )
     return [{**extra, "estimator": name, "purity": q["purity"], "pearson": q["pearson"]} for name, q in report.items()]
 
@@ -125,7 +125,7 @@ def proxies_study(
         for n in num_proxies:
             run_cfg = with_overrides(
                 cfg,
-                data__batch_size=int(b),
+                data__sampler__batch_size=int(b),
                 method__proxies__count=int(n),
                 run__dir=str(out / f"runs/b{b}-p{n}"),
                 logger__csv=False,
@@ -162,7 +162,7 @@ def sensitivity_study(
     grid: Optional[dict[str, Sequence[Any]]] = None,
 ) -> list[dict[str, Any]]:
     grid = grid or {
-        "data.neighbours_per_seed": [2, 3, 5, 6, 10],
+        "data.sampler.neighbours_per_seed": [2, 3, 5, 6, 10],
         "method.plm.max_candidates": [2, 5, 10, 20, 30],
         "method.plm.tau": [0.1, 0.25, 0.5, 0.75, 1.0],
         "method.plm.piece_dim": [1, 2, 3, 4, 8],
@@ -173,9 +173,9 @@ def sensitivity_study(
     for key, values in grid.items():
         for v in values:
             overrides = {key.replace(".", "__"): v}
-            if key == "data.neighbours_per_seed":  # keep B divisible by k
-                b = cfg.data.batch_size
-                overrides["data__batch_size"] = max(v, (b // v) * v)
+            if key == "data.sampler.neighbours_per_seed":  # keep B divisible by k
+                b = cfg.data.sampler.batch_size
+                overrides["data__sampler__batch_size"] = max(v, (b // v) * v)
             run_cfg = with_overrides(cfg, **overrides)
             rows += _quality_rows(run_cfg, ("plm",), features, max_batches, {"knob": key, "value": v}, embedded)
     write_csv(rows, out / "sensitivity.csv")

@@ -103,7 +103,7 @@ class RunPlots(Callback):
         test_set = trainer.datamodule.test_set
         if test_set is None:
             return None
-        loader = DataLoader(test_set, batch_size=self.cfg.data.eval_batch_size, shuffle=False)
+        loader = DataLoader(test_set, batch_size=self.cfg.data.loader.eval_batch_size, shuffle=False)
         _, emb, lab = embed_loader(
             pl_module.student, loader, pl_module.device, trainer.precision_plugin.forward_context
         )
@@ -147,8 +147,8 @@ class RunPlots(Callback):
             emb,
             lab,
             build_similarity(cfg),
-            batch_size=cfg.data.batch_size,
-            neighbours_per_seed=cfg.data.neighbours_per_seed,
+            batch_size=cfg.data.sampler.batch_size,
+            neighbours_per_seed=cfg.data.sampler.neighbours_per_seed,
             seed=cfg.run.seed,
             max_batches=self.max_similarity_batches,
             normalize=bool(cfg.method.teacher.normalize),

@@ -24,7 +24,7 @@ class SimilarityQualityMonitor(Callback):
         if isinstance(outputs, dict) and "s" in outputs:
             labels = batch[1]
             views = outputs["s"].shape[0] // max(1, labels.shape[0])
-            # data.views > 1: the similarity covers every view, view-major (flatten_views)
+            # data.augmentation.views > 1: the similarity covers every view, view-major (flatten_views)
             self.quality.update(outputs["s"], labels.repeat(views) if views > 1 else labels)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,8 +3,8 @@
 Per epoch: ``train/images_per_sec`` (images over the wall time from the first batch's start to the last batch's end,
 measured on this process and multiplied by the world size) and ``train/data_wait_fraction`` (the share of that time
 spent between one batch's end and the next batch's start: waiting for the loader, plus any per-batch hooks after
-ours). A fraction near 1 means the GPU waits for data: raise data.num_workers / data.prefetch_factor. Work before the
-first batch (the teacher's embedding pass, starting the workers) is excluded.
+ours). A fraction near 1 means the GPU waits for data: raise data.loader.num_workers / prefetch_factor. Work
+before the first batch (the teacher's embedding pass, starting the workers) is excluded.
 """
 
 from __future__ import annotations

@@ -40,6 +40,17 @@ MOVED: dict[str, str] = {
     "method.normalize_student": "method.loss.normalize_student",
     "method.normalize_teacher": "method.teacher.normalize",
     "method.ema_momentum": "method.teacher.momentum",
+    "data.augment": "data.augmentation.enabled",
+    "data.crop_scale": "data.augmentation.crop_scale",
+    "data.hflip": "data.augmentation.hflip",
+    "data.color_jitter": "data.augmentation.color_jitter",
+    "data.views": "data.augmentation.views",
+    "data.batch_size": "data.sampler.batch_size",
+    "data.neighbours_per_seed": "data.sampler.neighbours_per_seed",
+    "data.refresh_every": "data.sampler.refresh_every",
+    "data.eval_batch_size": "data.loader.eval_batch_size",
+    "data.num_workers": "data.loader.num_workers",
+    "data.prefetch_factor": "data.loader.prefetch_factor",
 }
 
 

@@ -60,19 +60,10 @@ class GlyphsConfig:
 
 
 @dataclass
-class DataConfig:
-    name: str = "digits"  # a registered dataset (data/registry.py): digits, folder, synthetic, glyphs, cub, ...
-    # dataset folder (not used by digits / synthetic); null = $PLM_DATA/<name>. Prepare one with `plm-data prepare`
-    root: Optional[str] = None
-    image_size: int = 227  # train crop / eval centre crop
-    resize: int = 256  # eval resize before the centre crop
-    batch_size: int = 120  # B, images per training batch (per process)
-    neighbours_per_seed: int = 5  # k: each seed brings its k - 1 nearest neighbours (the seed counts as its own first)
-    refresh_every: int = 1  # rebuild the nearest-neighbour table from teacher embeddings every N epochs
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    prefetch_factor: int = 2  # batches each loader worker loads ahead (used only when num_workers > 0)
-    augment: bool = True  # false: no training augmentation at all (every epoch sees the evaluation transform)
+class AugmentationConfig:
+    """data.augmentation: the training augmentation (the evaluation transform never augments)."""
+
+    enabled: bool = True  # false: no training augmentation at all (every epoch sees the evaluation transform)
     # The training augmentation of photographs (folder, cub, cars196, sop, inshop); the paper's recipe by default:
     # RandomResizedCrop(image_size) keeping this range of the image's area, then a random horizontal flip.
     crop_scale: list[float] = field(default_factory=lambda: [0.16, 1.0])
@@ -85,6 +76,33 @@ class DataConfig:
     # augmented views of each training image in a batch (B images -> views * B embeddings); the teacher's similarity
     # of two views of one image is high, so the loss also teaches invariance to the augmentation [ours; STML: 2]
     views: int = 1
+
+
+@dataclass
+class SamplerConfig:
+    """data.sampler: the training batches (docs/method.md, "Mini-batches")."""
+
+    batch_size: int = 120  # B, images per training batch (per process)
+    neighbours_per_seed: int = 5  # k: each seed brings its k - 1 nearest neighbours (the seed counts as its own first)
+    refresh_every: int = 1  # rebuild the nearest-neighbour table from teacher embeddings every N epochs
+
+
+@dataclass
+class LoaderConfig:
+    """data.loader: how images reach the network (no effect on results)."""
+
+    eval_batch_size: int = 256  # images per batch of the teacher's embedding pass and of the evaluation
+    num_workers: int = 0  # loader processes
+    prefetch_factor: int = 2  # batches each loader worker loads ahead (used only when num_workers > 0)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a registered dataset (data/registry.py): digits, folder, synthetic, glyphs, cub, ...
+    # dataset folder (not used by digits / synthetic); null = $PLM_DATA/<name>. Prepare one with `plm-data prepare`
+    root: Optional[str] = None
+    image_size: int = 227  # train crop / eval centre crop
+    resize: int = 256  # eval resize before the centre crop
     train_class_fraction: float = 0.5  # folder datasets: first fraction of the sorted class names is the train split
     # folder datasets: explicit class-disjoint split by class folder name ([] = use train_class_fraction; one list
     # given = the other split gets the remaining classes)
@@ -96,6 +114,9 @@ class DataConfig:
     # false: an unreadable (truncated, corrupt) image stops the run naming its path; true: log it, count it and
     # use the next readable image of the same class instead
     skip_unreadable: bool = False
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     glyphs: GlyphsConfig = field(default_factory=GlyphsConfig)
 
@@ -155,14 +176,16 @@ class GaussianConfig:
 class KNNConfig:
     """method.similarity=knn: s = 1 for a point's k nearest batch neighbours, else 0."""
 
-    k: Optional[int] = None  # [None = data.neighbours_per_seed]
+    k: Optional[int] = None  # [None = data.sampler.neighbours_per_seed]
 
 
 @dataclass
 class KMeansConfig:
     """method.similarity=kmeans: s = 1 within a k-means cluster of the batch, else 0."""
 
-    clusters: Optional[int] = None  # clusters per batch [None = data.batch_size / data.neighbours_per_seed]
+    clusters: Optional[int] = (
+        None  # clusters per batch [None = data.sampler.batch_size / data.sampler.neighbours_per_seed]
+    )
 
 
 @dataclass
@@ -172,7 +195,9 @@ class ProxyConfig:
     count: int = 100  # N_rho [ours, from the paper's ablation: saturates near 100-400]; 0 = no proxies
     # data: teacher embeddings of random images + local PCA [ours] | random
     init: str = one_of("data", ("data", "random"))
-    neighbours: Optional[int] = None  # q for L_nbhd (and L_proxy's nearest) [ours: None = data.neighbours_per_seed]
+    neighbours: Optional[int] = (
+        None  # q for L_nbhd (and L_proxy's nearest) [ours: None = data.sampler.neighbours_per_seed]
+    )
     # L_proxy over every (point, proxy) pair ("all") or each point's q most similar proxies ("nearest") [ours]
     pairs: str = one_of("all", ("all", "nearest"))
 

@@ -89,25 +89,31 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _check_augmentation(cfg: DictConfig, family: str) -> None:
-    """data.crop_scale / hflip / color_jitter: valid values, and only where the dataset's augmentation uses them."""
+    """data.augmentation.crop_scale / hflip / color_jitter: valid values, and only where the dataset's augmentation
+    uses them."""
     from plm_lightning.data.transforms import MAX_COLOR_JITTER, NATURAL_CROP_SCALE
 
-    scale = [float(x) for x in cfg.data.crop_scale]
+    scale = [float(x) for x in cfg.data.augmentation.crop_scale]
     _require(
         len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
-        "data.crop_scale",
+        "data.augmentation.crop_scale",
         scale,
         "two fractions of the image's area, 0 < low <= high <= 1 (the paper's: [0.16, 1.0])",
     )
-    jitter = float(cfg.data.color_jitter)
-    _require(0 <= jitter <= MAX_COLOR_JITTER, "data.color_jitter", jitter, f"a strength in [0, {MAX_COLOR_JITTER}]")
+    jitter = float(cfg.data.augmentation.color_jitter)
+    _require(
+        0 <= jitter <= MAX_COLOR_JITTER,
+        "data.augmentation.color_jitter",
+        jitter,
+        f"a strength in [0, {MAX_COLOR_JITTER}]",
+    )
     if family == "natural":
         return
     kind = "vectors" if family == "vector" else "upright images (affine jitter on the batch, no flip)"
     what = f"data.name={cfg.data.name} holds {kind}; these knobs apply to photographs"
-    _require(cfg.data.hflip is not True, "data.hflip", True, what)
-    _require(tuple(scale) == NATURAL_CROP_SCALE, "data.crop_scale", scale, what)
-    _require(jitter == 0, "data.color_jitter", jitter, what)
+    _require(cfg.data.augmentation.hflip is not True, "data.augmentation.hflip", True, what)
+    _require(tuple(scale) == NATURAL_CROP_SCALE, "data.augmentation.crop_scale", scale, what)
+    _require(jitter == 0, "data.augmentation.color_jitter", jitter, what)
 
 
 def _check_paper(cfg: DictConfig) -> None:
@@ -122,12 +128,12 @@ def _check_paper(cfg: DictConfig) -> None:
 POSITIVE = (
     "data.image_size",
     "data.resize",
-    "data.batch_size",
-    "data.neighbours_per_seed",
-    "data.refresh_every",
-    "data.eval_batch_size",
-    "data.prefetch_factor",
-    "data.views",
+    "data.sampler.batch_size",
+    "data.sampler.neighbours_per_seed",
+    "data.sampler.refresh_every",
+    "data.loader.eval_batch_size",
+    "data.loader.prefetch_factor",
+    "data.augmentation.views",
     "model.embedding_dim",
     "model.width",
     "method.plm.n_alpha",
@@ -160,7 +166,7 @@ NON_NEGATIVE = (
     "method.loss.lambda_nbhd",
     "optim.weight_decay",
     "optim.warmup_epochs",
-    "data.num_workers",
+    "data.loader.num_workers",
 )
 
 
@@ -241,10 +247,10 @@ def _check_schedule_and_run(cfg: DictConfig) -> None:
 
 
 def _check_batches_and_metrics(cfg: DictConfig) -> None:
-    b, k = cfg.data.batch_size, cfg.data.neighbours_per_seed
+    b, k = cfg.data.sampler.batch_size, cfg.data.sampler.neighbours_per_seed
     if cfg.method.name == "plm":  # nearest-neighbour batches: B / k seeds (the supervised reference samples at random)
-        _require(b % k == 0, "data.batch_size", b, f"must be divisible by data.neighbours_per_seed={k}")
-    _require(b >= 2, "data.batch_size", b, "a batch needs at least 2 images to form pairs")
+        _require(b % k == 0, "data.sampler.batch_size", b, f"must be divisible by data.sampler.neighbours_per_seed={k}")
+    _require(b >= 2, "data.sampler.batch_size", b, "a batch needs at least 2 images to form pairs")
     ks = list(cfg.eval.ks)
     _require(len(ks) > 0 and all(int(x) > 0 for x in ks), "eval.ks", ks, "a non-empty list of positive integers")
     _require(ks == sorted(set(ks)), "eval.ks", ks, "must be increasing without repeats")

@@ -2,8 +2,8 @@
 Lightning checkpoints through this module's ``state_dict``), and the deterministic loaders that the teacher's
 embedding pass and the evaluation iterate (sharded by rank, gathered by index).
 
-Images stream from disk through ``data.num_workers`` worker processes (persistent for the training loader, each
-loading ``data.prefetch_factor`` batches ahead), into pinned memory when training on CUDA."""
+Images stream from disk through ``data.loader.num_workers`` worker processes (persistent for the training loader, each
+loading ``data.loader.prefetch_factor`` batches ahead), into pinned memory when training on CUDA."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from plm_lightning.data.base import DatasetError, RetrievalDataset
 from plm_lightning.data.registry import DATASETS
 from plm_lightning.data.sampler import NearestNeighbourBatchSampler, RandomBatchSampler, neighbour_table
 from plm_lightning.data.transforms import (
-    NATURAL_CROP_SCALE,
     BatchRandomAffine,
     MultiView,
     batch_augmentation,
@@ -70,13 +69,14 @@ class LazyStartDataLoader(DataLoader):
 
 
 def augmentation_knobs(cfg: DataConfig) -> dict[str, Any]:
-    """data.crop_scale / hflip / color_jitter as build_transform's arguments; hflip None is the family's default
-    (photographs flip; upright images, digits and glyphs, do not: a mirrored character is another one)."""
-    hflip = getattr(cfg, "hflip", None)
+    """data.augmentation.crop_scale / hflip / color_jitter as build_transform's arguments; hflip None is the family's
+    default (photographs flip; upright images, digits and glyphs, do not: a mirrored character is another one)."""
+    augmentation = cfg.augmentation
+    hflip = augmentation.hflip
     return {
-        "crop_scale": tuple(getattr(cfg, "crop_scale", NATURAL_CROP_SCALE)),
+        "crop_scale": tuple(augmentation.crop_scale),
         "hflip": DATASETS[cfg.name].augmentation == "natural" if hflip is None else bool(hflip),
-        "color_jitter": float(getattr(cfg, "color_jitter", 0.0)),
+        "color_jitter": float(augmentation.color_jitter),
     }
 
 
@@ -132,7 +132,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return build_transform(
             augmentation=cls.augmentation,
             train=train,
-            augment=self.cfg.augment,
+            augment=self.cfg.augmentation.enabled,
             image_size=self.cfg.image_size,
             resize=self.cfg.resize,
             in_channels=cls.input_channels(self.cfg),
@@ -156,7 +156,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls
         transform = self._transform(train_transform)
-        views = int(getattr(self.cfg, "views", 1))
+        views = int(self.cfg.augmentation.views)
         if train_transform and views > 1:
             transform = MultiView(transform, views)
         return cls.from_config(split, transform, self.cfg)
@@ -176,23 +176,23 @@ class RetrievalDataModule(L.LightningDataModule):
             cls = self.dataset_cls
             self.batch_augmentation = batch_augmentation(
                 augmentation=cls.augmentation,
-                augment=self.cfg.augment,
+                augment=self.cfg.augmentation.enabled,
                 eval_transform=self._transform(False),
                 in_channels=cls.input_channels(self.cfg),
             )
         rank, world = self.rank_and_world
         if self.batch_sampler is None or (self.batch_sampler.rank, self.batch_sampler.world_size) != (rank, world):
-            n, b = len(self.train_set), self.cfg.batch_size
+            n, b = len(self.train_set), self.cfg.sampler.batch_size
             if n // b < world:  # a config / dataset mismatch: one line from plm-fit, not a traceback
                 raise DatasetError(
                     f"the {self.cfg.name} training split has {n} images: not enough for one batch of "
-                    f"data.batch_size={b} per process ({world} process(es)); lower data.batch_size"
+                    f"data.sampler.batch_size={b} per process ({world} process(es)); lower data.sampler.batch_size"
                 )
             if self.sampling == "random":
                 self.batch_sampler = RandomBatchSampler(n, b, seed=self.seed, rank=rank, world_size=world)
             else:
                 self.batch_sampler = NearestNeighbourBatchSampler(
-                    n, b, self.cfg.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world
+                    n, b, self.cfg.sampler.neighbours_per_seed, seed=self.seed, rank=rank, world_size=world
                 )
             if self._pending_state is not None:
                 state, self._pending_state = self._pending_state, None
@@ -202,14 +202,14 @@ class RetrievalDataModule(L.LightningDataModule):
     def start_epoch(self, epoch: int, embed_split: Optional[SplitEmbedder] = None) -> Optional[NeighbourRefresh]:
         """Fix the epoch's training batches before the first is drawn (called from the training module's
         on_train_epoch_start). Nearest-neighbour batching rebuilds its table from ``embed_split`` (the training
-        method's teacher) on the first epoch and then every ``data.refresh_every`` epochs; returns what that
+        method's teacher) on the first epoch and then every ``data.sampler.refresh_every`` epochs; returns what that
         rebuild used and produced, or None when the table was kept (or the batches are random)."""
         sampler = self.batch_sampler
         if sampler is None or self.train_eval_set is None:
             raise RuntimeError("RetrievalDataModule.start_epoch before setup('fit')")
         refresh = None
         if isinstance(sampler, NearestNeighbourBatchSampler) and (
-            sampler.neighbours is None or epoch % self.cfg.refresh_every == 0
+            sampler.neighbours is None or epoch % self.cfg.sampler.refresh_every == 0
         ):
             if embed_split is None:
                 raise RuntimeError("nearest-neighbour batches need the training split's embeddings (embed_split)")
@@ -218,7 +218,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 raise RuntimeError(
                     f"the embedding pass gave {embeddings.shape[0]} of {len(self.train_eval_set)} images"
                 )
-            table = neighbour_table(embeddings, self.cfg.neighbours_per_seed, backend=self.neighbour_backend)
+            table = neighbour_table(embeddings, self.cfg.sampler.neighbours_per_seed, backend=self.neighbour_backend)
             sampler.set_neighbours(table)
             refresh = NeighbourRefresh(embeddings, table)
         # Lightning sets the epoch of samplers, not of a custom batch sampler: the order depends on it.
@@ -227,14 +227,14 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The batching state a resumed run needs (Lightning stores it in every checkpoint): the sampler's epoch,
-        and the neighbour table when it outlives an epoch (data.refresh_every > 1: a resumed run must keep using
+        and the neighbour table when it outlives an epoch (data.sampler.refresh_every > 1: a resumed run must keep using
         the table the uninterrupted run still uses, not rebuild it from a later teacher)."""
         sampler = self.batch_sampler
         if sampler is None:
             return {}
         state: dict[str, Any] = {"epoch": int(sampler.epoch)}
         neighbours = getattr(sampler, "neighbours", None)
-        if self.cfg.refresh_every > 1 and neighbours is not None:
+        if self.cfg.sampler.refresh_every > 1 and neighbours is not None:
             state["neighbours"] = neighbours.clone()
         return state
 
@@ -258,10 +258,10 @@ class RetrievalDataModule(L.LightningDataModule):
         return batch
 
     def _loader_kwargs(self) -> dict:
-        workers = self.cfg.num_workers
+        workers = self.cfg.loader.num_workers
         kwargs = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self._on_cuda()}
         if workers > 0:  # DataLoader rejects prefetch_factor without workers
-            kwargs["prefetch_factor"] = getattr(self.cfg, "prefetch_factor", 2)
+            kwargs["prefetch_factor"] = self.cfg.loader.prefetch_factor
         return kwargs
 
     def _on_cuda(self) -> bool:
@@ -286,7 +286,7 @@ class RetrievalDataModule(L.LightningDataModule):
         kwargs["persistent_workers"] = False  # iterated once per epoch, outside Lightning's loops
         return DataLoader(
             dataset,
-            batch_size=self.cfg.eval_batch_size,
+            batch_size=self.cfg.loader.eval_batch_size,
             shuffle=False,
             sampler=ShardSampler(len(dataset), rank, world),
             **kwargs,

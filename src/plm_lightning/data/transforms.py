@@ -20,7 +20,8 @@ INPUT_SPACES = ("imagenet_rgb", "caffe_bgr255", "any")  # BackboneSpec.input_spa
 VECTOR_JITTER_STD = 0.01
 # The paper's training crop of photographs: RandomResizedCrop keeping 16-100 % of the image's area.
 NATURAL_CROP_SCALE = (0.16, 1.0)
-# The most colour jitter data.color_jitter allows: its hue range, 0.1 s, must stay within torchvision's 0.5.
+# The most colour jitter data.augmentation.color_jitter allows: its hue range, 0.1 s, must stay within torchvision's
+# 0.5.
 MAX_COLOR_JITTER = 5.0
 
 
@@ -44,7 +45,8 @@ class VectorTransform:
 
 class MultiView:
     """``views`` independent draws of a random transform of one image, stacked (views x ...): the two augmented views
-    per image of STML-style training (data.views). A class rather than a lambda, so DataLoader workers can pickle it."""
+    per image of STML-style training (data.augmentation.views). A class rather than a lambda, so DataLoader workers
+    can pickle it."""
 
     def __init__(self, transform: Callable[[Any], torch.Tensor], views: int):
         self.transform = transform
@@ -112,7 +114,7 @@ class BatchRandomAffine(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         shape = images.shape
-        flat = images.reshape(-1, *shape[-3:])  # also B x V x C x H x W (data.views)
+        flat = images.reshape(-1, *shape[-3:])  # also B x V x C x H x W (data.augmentation.views)
         theta = self.matrices(flat.shape[0], flat.device).to(flat.dtype)
         grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
         fill = torch.tensor(self.fill, dtype=flat.dtype, device=flat.device).view(1, -1, 1, 1)
@@ -171,8 +173,8 @@ def build_transform(
     input_space: the backbone's (BackboneSpec.input_space): "imagenet_rgb" (torchvision weights: ImageNet
     mean/std), "caffe_bgr255" (BN-Inception: BGR, 0-255, minus the Caffe mean) or "any" (small nets trained from
     scratch: ImageNet mean/std for 3 channels, (x - 0.5) / 0.5 for 1).
-    crop_scale, hflip, color_jitter: the training augmentation of photographs (data.crop_scale, data.hflip,
-    data.color_jitter): RandomResizedCrop's area range, a random horizontal flip, and colour jitter of strength s
+    crop_scale, hflip, color_jitter: the training augmentation of photographs (data.augmentation.crop_scale, hflip,
+    color_jitter): RandomResizedCrop's area range, a random horizontal flip, and colour jitter of strength s
     (brightness, contrast and saturation +-0.4 s, hue +-0.1 s; 0 = none). The paper's recipe is the default.
     Vector data ignores the image arguments: no image ops, no Normalize, only VECTOR_JITTER_STD jitter in training."""
     if input_space not in INPUT_SPACES:

@@ -152,7 +152,7 @@ class TrainedModel:
                 f"{data_cfg.name} data gives {dataset_channels}"
             )
         dataset = cls.from_config(split, self.eval_transform(data_cfg), data_cfg)
-        loader = DataLoader(dataset, batch_size=batch_size or data_cfg.eval_batch_size, shuffle=False)
+        loader = DataLoader(dataset, batch_size=batch_size or data_cfg.loader.eval_batch_size, shuffle=False)
         _, emb, lab = embed_loader(self.student, loader, self.device)
         return self.finish(emb), lab.cpu().numpy().astype(np.int64), dataset_item_ids(dataset, data_cfg.name, split)
 

@@ -2,7 +2,7 @@
 
 One training step (docs/architecture.md): images -> student embeddings z and teacher embeddings x -> pieces of x ->
 similarities (point-point, point-proxy) -> loss -> optimiser step -> EMA update of the teacher. Once per epoch (or
-every ``data.refresh_every`` epochs) the DataModule rebuilds its nearest-neighbour batches from the teacher's
+every ``data.sampler.refresh_every`` epochs) the DataModule rebuilds its nearest-neighbour batches from the teacher's
 embeddings of the whole training split (``embed_training_split``). Labels never reach this module's loss. It holds
 no evaluation logic (callbacks do).
 """
@@ -77,7 +77,7 @@ class PLMModule(EmbeddingModule):
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
-        if self.cfg.data.get("views", 1) > 1:  # B x V x ... -> V * B items, one similarity over all of them
+        if self.cfg.data.augmentation.views > 1:  # B x V x ... -> V * B items, one similarity over all of them
             images = flatten_views(images)
         z = self.student(images)
         with torch.no_grad():

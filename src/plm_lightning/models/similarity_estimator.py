@@ -13,7 +13,7 @@ from plm_lightning.manifold.estimators import SimilarityEstimator, build_estimat
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
     """Method knobs whose default depends on other knobs (docs/method.md: M = 2k, q = k)."""
-    k = cfg.data.neighbours_per_seed
+    k = cfg.data.sampler.neighbours_per_seed
     method = cfg.method
 
     def default(value: Any, fallback: int) -> int:
@@ -23,7 +23,7 @@ def derived_method_values(cfg: DictConfig) -> dict[str, int]:
         "max_candidates": default(method.plm.max_candidates, 2 * k),
         "proxy_neighbours": default(method.proxies.neighbours, k),
         "knn_k": default(method.knn.k, k),
-        "kmeans_clusters": default(method.kmeans.clusters, cfg.data.batch_size // k),
+        "kmeans_clusters": default(method.kmeans.clusters, cfg.data.sampler.batch_size // k),
     }
 
 

@@ -44,7 +44,7 @@ class SupervisedModule(EmbeddingModule):
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        if self.cfg.data.get("views", 1) > 1:  # every view is a labelled example
+        if self.cfg.data.augmentation.views > 1:  # every view is a labelled example
             labels = labels.repeat(images.shape[1])
             images = flatten_views(images)
         z = F.normalize(self.student(images).float(), dim=1)
