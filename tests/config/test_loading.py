@@ -189,3 +189,12 @@ def test_the_configuration_doc_lists_every_moved_key():
 
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     assert all(f"| `{old}` | `{new}` |" in doc for old, new in MOVED.items())
+
+
+@pytest.mark.parametrize("name", bundled_configs())
+def test_bundled_configs_use_the_current_keys(name):
+    from plm_lightning.config.loading import resolve_config_path
+    from plm_lightning.config.migration import upgrade
+
+    data = yaml.safe_load(resolve_config_path(name).read_text())
+    assert upgrade(data)[1] == [], f"{name} still uses keys that moved"
