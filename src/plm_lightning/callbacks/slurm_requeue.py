@@ -60,11 +60,13 @@ class SlurmRequeue(Checkpoint):
         if job_id is None or not re.fullmatch(r"[0-9_]+", job_id):
             rank_zero_warn(f"cannot requeue: no valid SLURM job id ({job_id!r})")
             return False
+        # Said before, not after: SLURM stops this job as soon as it accepts the requeue, and may terminate
+        # scontrol with it (SIGTERM) before scontrol reports success; a busy node made that race visible.
+        print(f"plm: requeueing SLURM job {job_id}", flush=True)
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if result.returncode != 0:
+        if result.returncode not in (0, -signal.SIGTERM):
             rank_zero_warn(f"scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}")
             return False
-        print(f"plm: requeued SLURM job {job_id}", flush=True)
         self._requeued = True
         return True
 
