@@ -71,7 +71,7 @@ KNOBS: tuple[Rung, ...] = (
     Rung("proxy lr 1e-2", ("optim.proxy_lr=1e-2",), "proxies 10x faster than the network"),
     Rung("proxy lr 1e-1", ("optim.proxy_lr=1e-1",), "proxies 100x faster"),
     Rung("L_proxy: nearest proxies", ("method.proxies.pairs=nearest",), "each point's q most similar proxies only"),
-    Rung("lambda_proxy 0.1", ("method.loss.lambda_proxy=0.1",), "the proxy term a tenth of the point term's weight"),
+    Rung("lambda_proxy 1", ("method.loss.lambda_proxy=1.0",), "the proxy term as heavy as the point term (before)"),
     Rung("head lr 1e-2", ("optim.head_lr=1e-2",), "the embedding head 10x faster"),
 )
 RUNG_SETS = {"ladder": LADDER, "knobs": KNOBS}
