@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from plm_lightning.config.migration import upgrade
-from plm_lightning.config.schema import Config
+from plm_lightning.config.loading import written_config
 from plm_lightning.models.inference import TrainedModel, trained_model
 from plm_lightning.utils.checkpoint_io import load_checkpoint_file
 
@@ -25,7 +24,7 @@ def checkpoint_config(state: Any, where: str) -> DictConfig:
     if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "state_dict" not in state:
         raise ValueError(f"{where}: not a plm-fit checkpoint (no config in its hyper_parameters, or no state_dict)")
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), upgrade(hp["config"])[0])
+        return written_config(hp["config"])
     except Exception as exc:  # a config from an incompatible version
         raise ValueError(f"{where}: its config does not fit this version: {str(exc).splitlines()[0]}") from None
 

@@ -15,8 +15,6 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from plm_lightning.config.migration import upgrade
-
 # What a run writes into its folder (everything else in it is left alone, also by run.overwrite).
 RUN_FILES = ("config.yaml", "metrics.json", "wandb_id.txt")
 RUN_FOLDERS = ("checkpoints", "logs", "plots", "wandb", "slurm")
@@ -54,11 +52,10 @@ def same_run_config(saved: Path, cfg: DictConfig) -> bool:
     that a newer version added (absent from an older file) at their defaults."""
     import yaml
 
-    from plm_lightning.config.schema import Config
+    from plm_lightning.config.loading import written_config
 
     try:
-        data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        then = OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)[0])
+        then = written_config(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
     except Exception:  # unreadable, or not a config of this version: not the same run
         return False
     return OmegaConf.to_container(stored_config(then), resolve=True) == OmegaConf.to_container(

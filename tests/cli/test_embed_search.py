@@ -200,3 +200,13 @@ def test_export_round_trip_and_inconsistent_folders(tmp_path):
         ExportedIndex.load(tmp_path / "e")
     with pytest.raises(ValueError, match="line break"):
         write_export(tmp_path / "f", emb[:1], [0], ["a\nb"], {"metric": "l2"})
+
+
+def test_grid_images_of_an_export_written_before_the_data_keys_moved():
+    """meta.json describes its dataset with the config's data section as written then: the old layout still loads."""
+    from plm_lightning.cli.search import ItemImages
+
+    old = {"name": "digits", "image_size": 16, "batch_size": 60, "num_workers": 0, "eval_batch_size": 512}
+    image = ItemImages({"source": {"data": old}})("digits:test:3")
+    new = {"name": "digits", "image_size": 16, "sampler": {"batch_size": 60}}
+    assert np.array_equal(image, ItemImages({"source": {"data": new}})("digits:test:3")) and image.size > 0

@@ -65,9 +65,7 @@ class ItemImages:
 
     def _dataset(self, name: str, split: str):
         if (name, split) not in self.datasets:
-            from omegaconf import OmegaConf
-
-            from plm_lightning.config.schema import DataConfig
+            from plm_lightning.config.loading import written_config
             from plm_lightning.data.registry import DATASETS
 
             data = (self.meta.get("source") or {}).get("data")
@@ -76,7 +74,8 @@ class ItemImages:
             cls = DATASETS[name]
             if cls.augmentation == "vector":
                 raise ValueError(f"--grid needs images; {name} items are vectors")
-            cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), data)
+            # An export written before the data keys moved describes its data in the old layout.
+            cfg = written_config({"data": data}).data
             self.datasets[(name, split)] = cls.from_config(split, None, cfg)
         return self.datasets[(name, split)]
 

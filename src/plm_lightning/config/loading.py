@@ -194,5 +194,12 @@ def load_config(config: str | None = None, overrides: Sequence[str] = (), check_
     return cfg
 
 
+def written_config(data: dict[str, Any]) -> DictConfig:
+    """A config this project wrote (a run's config.yaml, a checkpoint's hyper-parameters) as a DictConfig: keys that
+    moved since are read under their new names, then merged onto the schema (keys a newer version added take their
+    defaults). Not validated: it was when it was written. OmegaConf's errors pass through to the caller."""
+    return OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)[0])
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)

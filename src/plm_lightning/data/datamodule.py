@@ -239,7 +239,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.batch_sampler is None:  # Lightning restores before setup() when a strategy asks it to
+        if self.batch_sampler is None:  # restored before setup() built the sampler (Lightning sets up first)
             self._pending_state = dict(state_dict)
             return
         if "epoch" in state_dict:

@@ -82,16 +82,14 @@ class EmbeddingModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_state = checkpoint.get("plm_resume")
-        legacy = {k: v for k, v in (self._resume_state or {}).items() if k in ("sampler_epoch", "neighbours")}
+        resume = self._resume_state or {}
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if legacy and datamodule is not None and type(datamodule).__qualname__ not in checkpoint:
+        if "sampler_epoch" in resume and datamodule is not None and type(datamodule).__qualname__ not in checkpoint:
             # Checkpoints written before the DataModule held the batching state kept it here.
-            datamodule.load_state_dict(
-                {
-                    "epoch": legacy.get("sampler_epoch", 0),
-                    **({"neighbours": legacy["neighbours"]} if "neighbours" in legacy else {}),
-                }
-            )
+            batching = {"epoch": resume["sampler_epoch"]}
+            if "neighbours" in resume:
+                batching["neighbours"] = resume["neighbours"]
+            datamodule.load_state_dict(batching)
 
     def require_finite(self, **tensors: torch.Tensor) -> None:
         """TrainingDiverged if any of the named tensors holds NaN or inf (the first such, in argument order).

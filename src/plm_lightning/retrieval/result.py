@@ -35,7 +35,7 @@ class RetrievalResult:
     def gallery_ids(self) -> np.ndarray:
         if self.query_mask is None:
             return np.arange(self.embeddings.shape[0])
-        return np.flatnonzero(~torch.as_tensor(self.query_mask, dtype=torch.bool).numpy())
+        return np.flatnonzero(~self.query_mask.numpy())
 
     def search(self, queries: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k best results of each query item (dataset indices), best first, ties by id; rows
