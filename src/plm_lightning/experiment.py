@@ -152,7 +152,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
     callbacks = [evaluation, SimilarityQualityMonitor(purity_k=cfg.data.sampler.neighbours_per_seed), checkpoint, last]
     callbacks.append(ParameterSummary())  # Lightning's, less a FLOPs column it never counts for our modules
     callbacks.append(Throughput())  # train/images_per_sec, train/data_wait_fraction: is loading the bottleneck?
-    if cfg.eval.plots:  # after the evaluation callback: it draws from what that one computed
+    if cfg.eval.plots:  # draws what the evaluation hands it (RetrievalEvaluation.subscribe)
         callbacks.insert(1, RunPlots(cfg, evaluation, str(run_dir)))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
