@@ -4,10 +4,11 @@ pieces").
 For point x_j the piece is the affine subspace through x_j spanned by the top-m principal directions U_j of the
 offsets {x_l - x_j : l in N_j}. N_j starts with the nearest neighbour; each further candidate (in order of
 distance, at most M of them) is accepted when its relative residual under the piece refitted *with* it is at
-most tau.
+most tau (so the first m are always accepted: m offsets lie in their own piece).
 
 Everything is batched over the points of the batch: the only Python loop runs over the (at most M) candidate
-positions. The greedy test is done in the Gram space of each point's candidate offsets (an M x M problem per
+positions, a few whole-batch operations per position (benchmarks/ops.py counts them). The greedy test is done in
+the Gram space of each point's candidate offsets (an M x M problem per
 point), so its cost does not depend on the embedding dimension d; the final pieces are materialised as d x m
 orthonormal bases. Computations run in float64: eigenvalues of nearly collinear offsets are tiny and float32 would
 make acceptance decisions depend on round-off.
@@ -44,32 +45,46 @@ class Pieces:
         return dims
 
 
-def _top_directions(gram: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-m eigenpairs of a batch of PSD Gram matrices (... x M x M), largest first.
+def _greedy_members(
+    gram: torch.Tensor, norms2: torch.Tensor, piece_dim: int, tau: float, greedy_test: str
+) -> torch.Tensor:
+    """The greedy subset selection over the candidates of every anchor at once: B x M, 1.0 where accepted.
 
-    Returns (eigenvalues ... x m, eigenvectors ... x M x m); eigenvalues at or below the rank threshold are set to
-    zero so that callers can drop those directions.
+    gram: B x M x M inner products of each anchor's candidate offsets; norms2: their squared norms (its diagonal).
+    Candidate t is tested on the Gram matrix of the fitted members (the other rows and columns zeroed). With its
+    eigen-decomposition G = V diag(l) V^T the principal directions are U = O^T V diag(l)^(-1/2), so a candidate c
+    in the fitted set ("refit") has squared coordinates l_k V[c, k]^2 along them (O c is G's column c), and
+    ||r_c||^2 = G[c, c] - sum_{k <= m} l_k V[c, k]^2; a candidate outside it ("current") has coordinates
+    (V^T G[:, c])_k / sqrt(l_k). The loop over candidate positions is inherent (each decision depends on the ones
+    before); each step is a handful of whole-batch operations, so the call launches few kernels
+    (benchmarks/ops.py counts them).
     """
-    evals, evecs = torch.linalg.eigh(gram)  # ascending
-    evals = evals.flip(-1)[..., :m]
-    evecs = evecs.flip(-1)[..., :m]
-    scale = evals[..., :1].clamp_min(0)
-    keep = evals > _RANK_EPS * scale.clamp_min(1e-300)
-    keep &= evals > 0
-    evals = torch.where(keep, evals, torch.zeros_like(evals))
-    missing = m - evals.shape[-1]
-    if missing > 0:  # fewer candidates than m: the extra directions are absent (zero eigenvalue, zero vector)
-        evals = torch.nn.functional.pad(evals, (0, missing))
-        evecs = torch.nn.functional.pad(evecs, (0, missing))
-    return evals, evecs
-
-
-def _coefficients(gram_rows: torch.Tensor, evals: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
-    """Coordinates in the piece's orthonormal basis of vectors y, given G[:, y] = O y (the offsets' inner products
-    with y). With O^T O's eigen-decomposition via G = O O^T = V diag(l) V^T, the orthonormal basis is
-    U = O^T V diag(l)^(-1/2), so U^T y = diag(l)^(-1/2) V^T (O y)."""
-    inv_sqrt = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
-    return torch.einsum("...Mm,...My->...ym", evecs, gram_rows) * inv_sqrt.unsqueeze(-2)
+    b, m_cap = norms2.shape
+    eye = torch.eye(m_cap, dtype=gram.dtype, device=gram.device)
+    unit = eye.unbind(0)
+    top = eye[max(0, m_cap - piece_dim) :].sum(0)  # the top piece_dim eigenvalues of an ascending eigh
+    # ||r||^2 <= tau^2 ||v||^2  <=>  (in-piece part) >= (1 - tau^2) ||v||^2: no division, so a duplicate (zero
+    # offset) is accepted (0 >= 0).
+    needed = norms2 * (1 - tau**2)
+    one = torch.ones((), dtype=gram.dtype, device=gram.device)
+    # N_j starts with the m nearest candidates: under "refit" a set of at most m offsets lies in its own piece
+    # (residual 0, accepted for any tau > 0); under "current" they span the first piece.
+    first = max(1, min(piece_dim, m_cap))
+    accepted = eye[:first].sum(0).expand(b, m_cap)
+    for t in range(first, m_cap):
+        fitted = accepted + unit[t] if greedy_test == "refit" else accepted
+        evals, evecs = torch.linalg.eigh(torch.einsum("bi,bij,bj->bij", fitted, gram, fitted))  # ascending
+        if greedy_test == "refit":
+            # Weak directions included: their share is below the rank threshold (1e-10 of the top eigenvalue).
+            in_piece = torch.einsum("bk,bik,bik,k->bi", evals.clamp_min(0), evecs, evecs, top)
+        else:
+            floor = _RANK_EPS * evals[:, -1:].clamp_min(1e-300)
+            inv = torch.where(evals > floor, evals, torch.full_like(evals, float("inf"))).reciprocal()
+            coords = torch.einsum("bjk,bji,bj->bik", evecs, gram, fitted)
+            in_piece = torch.einsum("bik,bik,bk,k->bi", coords, coords, inv, top)
+        # accepted[:, t] = 1 where the test passes, written for every column and masked by unit[t].
+        accepted = torch.addcmul(accepted, unit[t], torch.heaviside(in_piece - needed, one))
+    return accepted
 
 
 GREEDY_TESTS = ("refit", "current")
@@ -120,50 +135,30 @@ def fit_pieces(
     gram = offsets @ offsets.transpose(1, 2)  # B x M x M
     norms2 = gram.diagonal(dim1=1, dim2=2)  # B x M
 
-    accepted = torch.zeros(b, m_cap, dtype=torch.bool, device=x.device)
-    # N_j starts with the nearest neighbour ("refit") or with the m nearest, which span the first piece ("current").
-    first = 1 if greedy_test == "refit" else max(1, min(piece_dim, m_cap))
-    accepted[:, :first] = True
     if subset_selection:
-        for t in range(first, m_cap):
-            fitted = accepted.clone()
-            if greedy_test == "refit":
-                fitted[:, t] = True
-            mask = fitted.to(gram.dtype)
-            evals, evecs = _top_directions(gram * mask[:, :, None] * mask[:, None, :], piece_dim)
-            coef = _coefficients((gram[:, :, t] * mask).unsqueeze(-1), evals, evecs).squeeze(-2)  # B x m
-            residual2 = (norms2[:, t] - (coef**2).sum(-1)).clamp_min(0)
-            # ||r|| <= tau ||x_c - x_j||, written without division so a duplicate (zero offset) is accepted.
-            accepted[:, t] = residual2 <= (tau**2) * norms2[:, t]
+        mask = _greedy_members(gram, norms2, piece_dim, tau, greedy_test)
     else:
-        accepted[:] = True
-
-    mask = accepted.to(gram.dtype)
-    evals, evecs = _top_directions(gram * mask[:, :, None] * mask[:, None, :], piece_dim)
-    inv_sqrt = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
-    # U = O^T V diag(l)^(-1/2), with masked-out offsets zeroed.
-    bases = torch.einsum("bMd,bMm->bdm", offsets * mask[:, :, None], evecs) * inv_sqrt[:, None, :]
-    # A weak (small-eigenvalue) direction built through the Gram matrix is orthonormal only to ~1e-9; one
-    # orthonormalisation pass (orthonormal_basis) restores it to machine precision. Valid directions are a prefix
-    # (eigenvalues descending), so it keeps their span; columns of absent directions are zeroed again.
-    # At most d directions exist: orthonormalise the first min(m, d) columns, the rest stay zero.
-    mq = min(piece_dim, d)
-    present = (evals[:, :mq] > 0).to(bases.dtype)[:, None, :]
-    q = orthonormal_basis(bases[:, :, :mq] + (1 - present) * _unit_columns(d, mq, bases)) * present
-    bases = torch.nn.functional.pad(q, (0, piece_dim - mq))
+        mask = torch.ones_like(norms2)
+    evals, evecs = torch.linalg.eigh(torch.einsum("bi,bij,bj->bij", mask, gram, mask))  # ascending
+    # At most min(m, M, d) directions exist; the top ones, largest first.
+    k = min(piece_dim, m_cap, d)
+    top_evals, top_vecs = evals[:, -k:].flip(-1), evecs[:, :, -k:].flip(-1)
+    # A direction exists when its eigenvalue is above the rank threshold, relative to the largest: a prefix.
+    present = top_evals > _RANK_EPS * top_evals[:, :1].clamp_min(1e-300)
+    # Column k of O^T V is the k-th principal direction times sqrt(l_k). Built through the Gram matrix, a weak
+    # direction is orthogonal to the others only to ~1e-9; orthonormalising (Gram-Schmidt, twice) normalises the
+    # columns and restores orthogonality to machine precision, keeping the span of the prefix; absent directions
+    # stay zero columns.
+    raw = torch.einsum("bMd,bM,bMk,bk->bdk", offsets, mask, top_vecs, present.to(offsets.dtype))
+    bases = orthonormal_basis(raw)
+    if k < piece_dim:
+        bases = torch.nn.functional.pad(bases, (0, piece_dim - k))
 
     members = torch.zeros(b, b, dtype=torch.bool, device=x.device)
-    members.scatter_(1, order, accepted)
+    members.scatter_(1, order, mask > 0.5)
     # Kept in float64: o = sqrt(||v||^2 - p^2) amplifies a projector that is orthonormal only to float32 precision
     # (~1e-7) into o ~ 1e-4 for points that lie on the piece.
     return Pieces(anchors=xd, bases=bases, members=members)
-
-
-def _unit_columns(d: int, m: int, like: torch.Tensor) -> torch.Tensor:
-    """Placeholder columns for absent directions so the orthonormalisation stays well defined (zeroed after)."""
-    eye = torch.zeros(d, m, dtype=like.dtype, device=like.device)
-    eye[torch.arange(min(d, m)), torch.arange(min(d, m))] = 1
-    return eye.unsqueeze(0)
 
 
 def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:
@@ -180,19 +175,17 @@ def orthonormal_basis(raw: torch.Tensor) -> torch.Tensor:
     d, m = work.shape[-2], work.shape[-1]
     if m > d:
         raise ValueError(f"orthonormal_basis: {m} columns cannot be orthonormal in dimension {d}")
-    tiny = torch.finfo(work.dtype).tiny
+    threshold = torch.finfo(work.dtype).tiny ** 0.5
     columns: list[torch.Tensor] = []
-    for i in range(m):
-        v = work[..., i : i + 1]  # ... x d x 1
-        if columns:
-            q = torch.cat(columns, dim=-1)  # ... x d x i
-            for _ in range(2):
-                v = v - q @ (q.transpose(-2, -1) @ v)
-        norm = v.norm(dim=-2, keepdim=True)
+    for v in work.unbind(-1):  # ... x d each
+        for _ in range(2 if columns else 0):
+            for q in columns:  # elementwise, not einsum: fewer operators forward and backward
+                v = v - q * (q * v).sum(-1, keepdim=True)
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
         # Where the column is (numerically) dependent, return zero instead of dividing by zero (no NaN gradients).
-        safe = norm > tiny**0.5
-        columns.append(torch.where(safe, v / torch.where(safe, norm, torch.ones_like(norm)), torch.zeros_like(v)))
-    return torch.cat(columns, dim=-1).to(raw.dtype)
+        columns.append(v / norm.clamp_min(threshold) * (norm > threshold))
+    q = torch.stack(columns, dim=-1)
+    return q if q.dtype == raw.dtype else q.to(raw.dtype)
 
 
 def local_pca_basis(

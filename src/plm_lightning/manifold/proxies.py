@@ -31,9 +31,9 @@ class ProxyManifold(nn.Module):
     def __len__(self) -> int:
         return self.num_proxies
 
-    def bases(self) -> torch.Tensor:
-        """Orthonormal pieces, K x d x m (differentiable)."""
-        return orthonormal_basis(self.raw_bases)
+    def bases(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Orthonormal pieces, K x d x m (differentiable), orthonormalised in ``dtype`` (default: the parameters')."""
+        return orthonormal_basis(self.raw_bases if dtype is None else self.raw_bases.to(dtype))
 
     @torch.no_grad()
     def initialise_random_(self, generator: torch.Generator) -> None:

@@ -43,15 +43,16 @@ def piece_distances(
     points: n x d; anchors: P x d; bases: P x d x m (orthonormal or zero columns).
     Returns (o, p), each n x P, float64.
     """
-    y = points.to(torch.float64)
-    a = anchors.to(torch.float64)
-    u = bases.to(torch.float64)
+    y, a, u = (_float64(t) for t in (points, anchors, bases))
     # Coordinates of (y_i - a_j) in piece j's basis, without forming the n x P x d offsets.
-    coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u).unsqueeze(0)
-    p2 = (coef**2).sum(-1)
-    dist2 = squared_distances(y, a).clamp_min(0)
-    o2 = (dist2 - p2).clamp_min(0)
+    coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u)
+    p2 = torch.einsum("ijm,ijm->ij", coef, coef)
+    o2 = (squared_distances(y, a) - p2).clamp_min(0)
     return o2.sqrt(), p2.sqrt()
+
+
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.to(torch.float64)
 
 
 SYMMETRIZATIONS = ("mean", "min", "max")
@@ -116,15 +117,27 @@ class PLMSimilarity:
         if (proxy_points is None) != (proxy_bases is None):
             raise ValueError("proxy_points and proxy_bases are given together or not at all")
         pieces = self.fit(x)
+        factor = self._factor(x)
         s_proxy = None
-        if proxy_points is not None and proxy_bases is not None:
-            s_proxy = self.to_proxies(x, pieces, proxy_points, proxy_bases)
+        if proxy_points is None or proxy_bases is None:
+            s = self._pairwise(x, pieces, factor)
+        else:
+            # The batch points and the proxies against the batch's pieces in one pass: s'(i, j) and s'(k, i).
+            b = x.shape[0]
+            points = torch.cat([pieces.anchors, _float64(proxy_points)])
+            directed = self._directed(*piece_distances(points, pieces.anchors, pieces.bases), factor)
+            s = self._symmetric_batch(directed[:b], x.dtype)
+            s_proxy = self._to_proxies(x, proxy_points, proxy_bases, directed[b:], factor)
         stats = {
             "piece_dim_mean": pieces.dims.float().mean(),
             "neighbourhood_size_mean": pieces.members.sum(1).float().mean(),
-            "distance_scale": self.scale(x).float(),
+            "distance_scale": self.scale(x).float() if factor is None else factor.float(),
         }
-        return SimilarityResult(self.pairwise(x, pieces), s_proxy, stats)
+        return SimilarityResult(s, s_proxy, stats)
+
+    def _factor(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The factor applied to o and p, or None when there is none to apply ("absolute")."""
+        return None if self.distance_scale == "absolute" else self.scale(x)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """The factor applied to o and p for this batch (1 for "absolute")."""
@@ -136,8 +149,10 @@ class PLMSimilarity:
             )
         return torch.ones((), dtype=torch.float64, device=x.device)
 
-    def _directed(self, o: torch.Tensor, p: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        return directed_similarity(o * factor, p * factor, self.n_alpha, self.n_beta)
+    def _directed(self, o: torch.Tensor, p: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor:
+        if factor is not None:
+            o, p = o * factor, p * factor
+        return directed_similarity(o, p, self.n_alpha, self.n_beta)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Pieces:
@@ -153,20 +168,39 @@ class PLMSimilarity:
     @torch.no_grad()
     def pairwise(self, x: torch.Tensor, pieces: Pieces) -> torch.Tensor:
         """s(i, j) for all batch pairs: B x B, symmetric, diagonal 1, values in (0, 1]."""
-        o, p = piece_distances(x, pieces.anchors, pieces.bases)
-        directed = self._directed(o, p, self.scale(x))  # [i, j] = s'(i, j), piece of j
+        return self._pairwise(x, pieces, self._factor(x))
+
+    def _pairwise(self, x: torch.Tensor, pieces: Pieces, factor: Optional[torch.Tensor]) -> torch.Tensor:
+        directed = self._directed(*piece_distances(x, pieces.anchors, pieces.bases), factor)  # [i, j]: piece of j
+        return self._symmetric_batch(directed, x.dtype)
+
+    def _symmetric_batch(self, directed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         s = symmetrize(directed, directed.T, self.symmetrize)
         s.fill_diagonal_(1.0)
-        return s.to(x.dtype)
+        return s.to(dtype)
 
     @torch.no_grad()
     def to_proxies(
         self, x: torch.Tensor, pieces: Pieces, proxy_points: torch.Tensor, proxy_bases: torch.Tensor
     ) -> torch.Tensor:
         """s(i, k) between batch points and proxies: B x K. s'(i, k) uses the proxy's piece, s'(k, i) the point's."""
-        # Re-orthonormalised in float64 for the same reason as the batch pieces (see fit_pieces).
-        o_ik, p_ik = piece_distances(x, proxy_points, orthonormal_basis(proxy_bases.to(torch.float64)))
-        o_ki, p_ki = piece_distances(proxy_points, pieces.anchors, pieces.bases)
-        factor = self.scale(x)  # the batch's: proxies live in the same space
-        s = symmetrize(self._directed(o_ik, p_ik, factor), self._directed(o_ki, p_ki, factor).T, self.symmetrize)
+        factor = self._factor(x)  # the batch's: proxies live in the same space
+        from_proxies = self._directed(*piece_distances(proxy_points, pieces.anchors, pieces.bases), factor)
+        return self._to_proxies(x, proxy_points, proxy_bases, from_proxies, factor)
+
+    def _to_proxies(
+        self,
+        x: torch.Tensor,
+        proxy_points: torch.Tensor,
+        proxy_bases: torch.Tensor,
+        from_proxies: torch.Tensor,
+        factor: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """s(i, k) from s'(k, i) (K x B, the batch's pieces) and s'(i, k), computed here on the proxies' pieces."""
+        # Orthonormal to float64 precision, for the same reason as the batch pieces (see fit_pieces): bases given in
+        # a lower precision are orthonormalised again in float64 (float64 ones are taken as they are).
+        if proxy_bases.dtype != torch.float64:
+            proxy_bases = orthonormal_basis(proxy_bases.to(torch.float64))
+        o_ik, p_ik = piece_distances(x, proxy_points, proxy_bases)
+        s = symmetrize(self._directed(o_ik, p_ik, factor), from_proxies.T, self.symmetrize)
         return s.to(x.dtype)
