@@ -120,6 +120,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, EmbeddingModule, RetrievalDataMod
         normalize=cfg.eval.normalize,
         map_r=cfg.eval.map_r,
         nmi=cfg.eval.nmi,
+        kmeans=cfg.eval.kmeans,
         memory_budget_mb=cfg.eval.memory_budget_mb,
         seed=cfg.run.seed,
         run_dir=str(run_dir),

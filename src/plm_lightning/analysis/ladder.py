@@ -156,6 +156,7 @@ def reference_metrics(cfg: DictConfig, which: str) -> dict[str, float]:
         normalize=evaluation.normalize,
         map_r=evaluation.map_r,
         compute_nmi=evaluation.nmi,
+        kmeans=evaluation.kmeans,
         seed=cfg.run.seed,
     )
 

@@ -34,6 +34,7 @@ class RetrievalEvaluation(Callback):
         normalize: bool = True,
         map_r: bool = True,
         nmi: bool = True,
+        kmeans: str = "auto",
         memory_budget_mb: float = 512.0,
         seed: int = 0,
         run_dir: Optional[str] = None,
@@ -48,6 +49,7 @@ class RetrievalEvaluation(Callback):
             "normalize": normalize,
             "map_r": map_r,
             "compute_nmi": nmi,
+            "kmeans": kmeans,
             "memory_budget_mb": memory_budget_mb,
             "seed": seed,
         }

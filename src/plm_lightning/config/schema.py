@@ -278,6 +278,8 @@ class EvalConfig:
     normalize: bool = True  # L2-normalise before search (Euclidean on unit vectors = cosine ranking)
     map_r: bool = True
     nmi: bool = True
+    # NMI's k-means: torch on the evaluation device (GPU), or faiss on the CPU; auto: torch when evaluating on a GPU
+    kmeans: str = one_of("auto", ("auto", "faiss", "torch"))
     memory_budget_mb: float = 512.0
     on_device: bool = True  # compute the metrics on the training device (GPU): exact either way, faster there
     plots: bool = True  # PNGs in run.dir/plots (and W&B images): Recall@K curve, retrieval grid, s histograms, PCA

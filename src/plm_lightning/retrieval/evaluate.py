@@ -47,6 +47,7 @@ def evaluate_embeddings(
     backend: str = "auto",
     map_r: bool = True,
     compute_nmi: bool = True,
+    kmeans: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = 256.0,
     engine: str = "auto",
@@ -57,7 +58,8 @@ def evaluate_embeddings(
     on unit vectors = cosine ranking). Neighbours are ordered by (distance, index).
 
     Returns percentages ``{"R@1": .., "R@2": .., ..., "MAP@R": .., "R-precision": .., "NMI": ..}``
-    (MAP@R and R-precision only if ``map_r``; NMI only if ``compute_nmi``).
+    (MAP@R and R-precision only if ``map_r``; NMI only if ``compute_nmi``, its k-means by ``kmeans``: see
+    :func:`.metrics.nmi`).
 
     A query whose class has a single item has no correct answer: it counts as a miss for every
     R@K and is excluded from MAP@R and R-precision (R = 0); those two are NaN if every class is a
@@ -109,7 +111,7 @@ def evaluate_embeddings(
         )
         metrics = _metrics_from_neighbours(labels[neighbours], labels, num_positives, ks, map_r)
     if compute_nmi:
-        metrics["NMI"] = nmi(embeddings, labels, seed=seed)
+        metrics["NMI"] = nmi(embeddings, labels, seed=seed, kmeans=kmeans)
     return metrics
 
 
@@ -124,6 +126,7 @@ def evaluate_query_gallery(
     backend: str = "auto",
     map_r: bool = True,
     compute_nmi: bool = True,
+    kmeans: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = 256.0,
     engine: str = "auto",
@@ -183,7 +186,7 @@ def evaluate_query_gallery(
         _, neighbours = knn_search(query, gallery, depth, backend=backend, memory_budget_mb=memory_budget_mb)
         metrics = _metrics_from_neighbours(gallery_labels[neighbours], query_labels, num_positives, ks, map_r)
     if compute_nmi:
-        metrics["NMI"] = nmi(query, query_labels, seed=seed)
+        metrics["NMI"] = nmi(query, query_labels, seed=seed, kmeans=kmeans)
     return metrics
 
 

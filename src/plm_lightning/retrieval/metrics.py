@@ -66,23 +66,34 @@ def r_precision(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, num_
     return _r_precision_from_relevance(rel, within_r, r)
 
 
-def nmi(embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> float:
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
+
+
+def nmi(embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, kmeans: str = "auto") -> float:
     """Normalised mutual information between k-means clusters and the labels.
 
-    k-means uses as many clusters as distinct labels: ``faiss.Kmeans`` (niter=25, the given seed)
-    when faiss is available, else scikit-learn ``KMeans(n_init=1, random_state=seed)``.
+    k-means uses as many clusters as distinct labels, 25 iterations, the given seed: ``kmeans="torch"`` runs
+    :func:`.kmeans.kmeans` on the embeddings' device; ``"faiss"`` runs ``faiss.Kmeans`` on the CPU (scikit-learn's
+    ``KMeans(n_init=1)`` when faiss is not installed); ``"auto"``: torch for embeddings on a GPU, faiss otherwise.
     """
+    if kmeans not in KMEANS_BACKENDS:
+        raise ValueError(f"unknown k-means backend {kmeans!r}; choose one of {', '.join(KMEANS_BACKENDS)}")
     if embeddings.dim() != 2 or labels.dim() != 1 or embeddings.shape[0] != labels.shape[0]:
         raise ValueError(
             f"need embeddings [n, d] and labels [n]; got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
     if embeddings.shape[0] == 0:
         raise ValueError("nmi needs at least one item")
-    x = np.ascontiguousarray(embeddings.detach().float().cpu().numpy(), dtype=np.float32)
     y = labels.detach().cpu().numpy()
     num_clusters = len(np.unique(y))
+    if kmeans == "torch" or (kmeans == "auto" and embeddings.device.type != "cpu"):
+        from plm_lightning.retrieval.kmeans import kmeans as torch_kmeans
+
+        assignment = torch_kmeans(embeddings, num_clusters, niter=25, seed=seed)[1].cpu().numpy()
+        return 100.0 * float(normalized_mutual_info_score(y, assignment))
+    x = np.ascontiguousarray(embeddings.detach().float().cpu().numpy(), dtype=np.float32)
     if faiss is not None:
-        kmeans = faiss.Kmeans(
+        faiss_kmeans = faiss.Kmeans(
             x.shape[1],
             num_clusters,
             niter=25,
@@ -93,8 +104,8 @@ def nmi(embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> flo
             min_points_per_centroid=1,
             max_points_per_centroid=max(1, -(-x.shape[0] // num_clusters)),
         )
-        kmeans.train(x)
-        _, assignment = kmeans.index.search(x, 1)
+        faiss_kmeans.train(x)
+        _, assignment = faiss_kmeans.index.search(x, 1)
         assignment = assignment[:, 0]
     else:
         from sklearn.cluster import KMeans
