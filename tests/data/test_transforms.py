@@ -337,3 +337,28 @@ def test_a_folder_run_with_hflip_false_has_no_flip_in_its_training_transform(tmp
         input_space="imagenet_rgb",
     )
     assert any(isinstance(t, v2.RandomHorizontalFlip) for t in default._transform(True).transforms)
+
+
+def _float_first(pipeline):
+    """The same steps with the conversion to float moved to the front: the order photographs used before the
+    geometry moved onto the uint8 image (the reference for the tolerance below)."""
+    steps = [t for t in pipeline.transforms if not isinstance(t, v2.ToDtype)]
+    return v2.Compose([steps[0], v2.ToDtype(torch.float32, scale=True), *steps[1:]])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_geometry_on_uint8_matches_float_geometry_within_one_level(train):
+    """Photographs are cropped, resized and flipped as uint8 (2x faster per loader worker at CUB size,
+    benchmarks/loader.py); the pixels stay within one grey level of resizing the float image."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(75, 100, 3), dtype=np.uint8))
+    ours = natural("imagenet_rgb", train=train, image_size=32, resize=40)
+    kinds = [type(t) for t in ours.transforms]
+    assert kinds.index(v2.ToDtype) > kinds.index(v2.RandomResizedCrop if train else v2.CenterCrop)
+    torch.manual_seed(3)
+    a = ours(image)
+    torch.manual_seed(3)  # the same crop and flip draws
+    b = _float_first(ours)(image)
+    levels = (a - b).abs() * torch.tensor(IMAGENET_STD)[:, None, None] * 255
+    assert levels.max() <= 1.0 + 1e-4
+    assert levels.mean() < 0.3

@@ -181,20 +181,25 @@ def build_transform(
         raise ValueError(f"unknown input space {input_space!r}; one of {', '.join(INPUT_SPACES)}")
     if augmentation == "vector":
         return VectorTransform(VECTOR_JITTER_STD if train and augment else 0.0)
-    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    steps: list = [v2.ToImage()]
     if in_channels == 1 and out_channels == 3:
         steps.append(v2.RGB())
     if augmentation == "digits":
         # Training augmentation of this family is done on whole batches (BatchRandomAffine, applied by the
         # DataModule after the batch reaches the device): the per-image pipeline is the same in train and eval.
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps += [to_float, v2.Resize((image_size, image_size), antialias=True)]
     elif train and augment:
+        # Photographs: crop, resize and flip the decoded uint8 image, then convert. Resizing a full-size float
+        # image was most of a loader worker's time (benchmarks/loader.py); uint8 rounding moves a pixel by at most
+        # one level of 255.
         steps.append(v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True))
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
+        steps.append(to_float)
         if color_jitter > 0:
             s = float(color_jitter)
             steps.append(v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s, hue=0.1 * s))
     else:
-        steps += [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
+        steps += [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), to_float]
     return v2.Compose(steps + _input_space_steps(input_space, out_channels))
