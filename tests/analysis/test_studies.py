@@ -43,9 +43,16 @@ def test_sensitivity_study(synthetic_cfg, tmp_path):
 
 
 def test_cost_study(synthetic_cfg, tmp_path):
-    rows = cost_study(synthetic_cfg, tmp_path, batch_sizes=(20, 40), dims=(8,), proxies=(0, 10), repeats=1)
+    rows = cost_study(
+        synthetic_cfg, tmp_path, batch_sizes=(20, 40), dims=(8,), proxies=(0, 10), repeats=1, dataset_sizes=(300, 600)
+    )
     assert len(rows) == 4 and all(r["fwd_bwd_ms"] > 0 for r in rows)
     assert (tmp_path / "cost.png").is_file()
+    table = _csv(tmp_path / "cost_table.csv")  # the neighbour table against the training split's size
+    assert [(int(r["dataset_size"]), r["index"]) for r in table] == [
+        (n, i) for n in (300, 600) for i in ("exact", "hnsw", "ivf")
+    ]
+    assert all(float(r["seconds"]) > 0 and 0.9 <= float(r["recall"]) <= 1.0 for r in table)
 
 
 def test_proxies_study_runs_every_setting(synthetic_cfg, tmp_path):

@@ -80,3 +80,13 @@ def test_nearest_neighbour_batches_without_embeddings_or_with_a_short_pass_fail_
         dm.start_epoch(0)
     with pytest.raises(RuntimeError, match="gave 3 of"):
         dm.start_epoch(0, lambda loader: torch.zeros(3, 8))
+
+
+def test_an_approximate_index_builds_the_table_when_asked():
+    dm = _datamodule(**{"data.sampler.index": "hnsw"})
+    refresh = dm.start_epoch(0, PixelEmbedder())
+    exact = neighbour_table(refresh.embeddings, dm.cfg.sampler.neighbours_per_seed)
+    assert torch.equal(refresh.table[:, 0], exact[:, 0])  # each point first
+    same = (refresh.table[:, 1:].unsqueeze(2) == exact[:, 1:].unsqueeze(1)).any(2).float().mean()
+    assert same >= 0.9  # digits' pixel space: HNSW finds nearly all exact neighbours
+    assert torch.equal(dm.batch_sampler.neighbours, refresh.table)

@@ -28,6 +28,7 @@ from plm_lightning.config.loading import override_config
 from plm_lightning.figures.common import plt, save_figure
 from plm_lightning.manifold import PLMLoss, PLMSimilarity, ProxyManifold
 from plm_lightning.manifold.quality import similarity_report
+from plm_lightning.retrieval.approximate import INDEXES
 from plm_lightning.utils.io import atomic_write
 
 ESTIMATOR_NAMES = ("plm", "gaussian", "knn", "kmeans")
@@ -225,7 +226,11 @@ def cost_study(
     proxies: Sequence[int] = (0, 100, 400),
     repeats: int = 3,
     device: str = "cpu",
+    dataset_sizes: Sequence[int] = (2_000, 10_000, 30_000),
 ) -> list[dict[str, Any]]:
+    """The similarity + loss time against B, d and N_rho (cost.csv), and the per-epoch neighbour table's time and
+    recall against the training split's size for each data.sampler.index (cost_table.csv); plots in cost.png.
+    benchmarks/neighbours.py runs the table part up to 10^6 images."""
     rows = []
     for b in batch_sizes:
         for d in dims:
@@ -240,7 +245,9 @@ def cost_study(
                     }
                 )
     write_csv(rows, out / "cost.csv")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    table_rows = _table_cost(dataset_sizes, max(dims), device)
+    write_csv(table_rows, out / "cost_table.csv")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     mid_n = proxies[len(proxies) // 2]
     _line_plot(
         axes[0], [r for r in rows if r["num_proxies"] == mid_n], "batch_size", "fwd_bwd_ms", "dim", label_prefix="d="
@@ -256,12 +263,45 @@ def cost_study(
         label_prefix="proxies=",
     )
     axes[1].set_title(f"vs proxies (d={top_d})")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xscale("log", base=2)
+    for index in INDEXES:
+        mine = [r for r in table_rows if r["index"] == index]
+        label = index if index == "exact" else f"{index} (recall {min(r['recall'] for r in mine):.3f}+)"
+        axes[2].plot([r["dataset_size"] for r in mine], [r["seconds"] for r in mine], marker="o", label=label)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("training images N")
+    axes[2].set_ylabel("neighbour table, s")
+    axes[2].set_title(f"per-epoch neighbour table (d={max(dims)}, k=5)")
+    for ax in axes:
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Similarity + loss forward/backward time ({device})", y=1.02)
+    fig.suptitle(f"Similarity + loss forward/backward time, neighbour table ({device})", y=1.02)
     save_figure(fig, out / "cost.png")
+    return rows
+
+
+def _table_cost(sizes: Sequence[int], dim: int, device: str) -> list[dict[str, Any]]:
+    """Time of the neighbour table over N random clustered unit vectors per index, and recall against exact."""
+    from plm_lightning.data.sampler import neighbour_table
+    from plm_lightning.retrieval.approximate import table_recall
+
+    rows = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        centres = torch.randn(max(1, n // 50), dim, generator=g)
+        x = torch.nn.functional.normalize(
+            centres[torch.arange(n) % len(centres)] + 0.5 * torch.randn(n, dim, generator=g), dim=1
+        )
+        exact = None
+        for index in INDEXES:
+            started = time.perf_counter()
+            table = neighbour_table(x.to(device), 5, index=index)
+            seconds = time.perf_counter() - started
+            exact = table if index == "exact" else exact
+            assert exact is not None
+            recall = table_recall(table[:, 1:], exact[:, 1:])
+            rows.append({"dataset_size": n, "index": index, "dim": dim, "seconds": seconds, "recall": recall})
     return rows
 
 

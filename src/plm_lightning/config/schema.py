@@ -85,6 +85,8 @@ class SamplerConfig:
     batch_size: int = 120  # B, images per training batch (per process)
     neighbours_per_seed: int = 5  # k: each seed brings its k - 1 nearest neighbours (the seed counts as its own first)
     refresh_every: int = 1  # rebuild the nearest-neighbour table from teacher embeddings every N epochs
+    # exact: O(N^2 d) k-NN; hnsw / ivf: a faiss approximate index for very large training splits (docs/benchmarks.md)
+    index: str = one_of("exact", ("exact", "hnsw", "ivf"))
 
 
 @dataclass

@@ -218,7 +218,13 @@ class RetrievalDataModule(L.LightningDataModule):
                 raise RuntimeError(
                     f"the embedding pass gave {embeddings.shape[0]} of {len(self.train_eval_set)} images"
                 )
-            table = neighbour_table(embeddings, self.cfg.sampler.neighbours_per_seed, backend=self.neighbour_backend)
+            table = neighbour_table(
+                embeddings,
+                self.cfg.sampler.neighbours_per_seed,
+                backend=self.neighbour_backend,
+                index=self.cfg.sampler.index,
+                seed=epoch,
+            )
             sampler.set_neighbours(table)
             refresh = NeighbourRefresh(embeddings, table)
         # Lightning sets the epoch of samplers, not of a custom batch sampler: the order depends on it.

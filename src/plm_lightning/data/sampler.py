@@ -104,14 +104,20 @@ class RandomBatchSampler(Sampler[list[int]]):
             yield batches[b].tolist()
 
 
-def neighbour_table(embeddings: torch.Tensor, k: int, *, backend: str = "auto") -> torch.Tensor:
-    """N x k table of each point's k nearest neighbours (exact, ties by index), the point itself first."""
+def neighbour_table(
+    embeddings: torch.Tensor, k: int, *, backend: str = "auto", index: str = "exact", seed: int = 0
+) -> torch.Tensor:
+    """N x k table of each point's k nearest neighbours, the point itself first: exact (ties by index), or from
+    an approximate faiss index (``index`` "hnsw" or "ivf", data.sampler.index; retrieval/approximate.py)."""
     from plm_lightning.retrieval import knn_search
+    from plm_lightning.retrieval.approximate import approximate_neighbours
 
     n = embeddings.shape[0]
     own = torch.arange(n).unsqueeze(1)
     if k <= 1:
         return own
+    if index != "exact":
+        return torch.cat([own, approximate_neighbours(embeddings, k - 1, index=index, seed=seed)], dim=1)
     _, nearest = knn_search(embeddings, embeddings, k - 1, exclude_self=True, backend=backend)
     return torch.cat([own, nearest.cpu()], dim=1)
 
