@@ -11,9 +11,10 @@ runs in this one process, as one worker would:
 * ``..., before``: the same with the conversion to float first (the order until the geometry moved onto the uint8
   image), for the ratio in the same run.
 
-Decoders: ``pil`` is what the datasets use (``data.images.load_rgb``: PIL, fully decoded, converted to RGB);
-``decode_jpeg`` is ``torchvision.io.decode_jpeg(read_file(path), mode=RGB)`` into a uint8 tensor. The same
-transforms follow either. Also reported: the decode alone, and the largest pixel difference between the two
+Decoders: ``pil`` is ``data.images.load_rgb`` (PIL, fully decoded, converted to RGB; the datasets' decoder until
+this benchmark); ``decode_jpeg`` is ``data.images.load_rgb_tensor``, what the datasets use now: torchvision's
+``decode_jpeg(..., mode=RGB)`` into a uint8 tensor for JPEG files. The same transforms follow either. Also
+reported: the decode alone, and the largest pixel difference between the two
 decoders (both are libjpeg-turbo builds; IDCT and upsampling choices may differ by a few levels).
 
 With the measured per-worker rate it prints how many workers feed a GPU step that consumes ``--gpu-rate`` images/s
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from plm_lightning.data.images import load_rgb  # noqa: E402
+from plm_lightning.data.images import load_rgb, load_rgb_tensor  # noqa: E402
 from plm_lightning.data.transforms import build_transform  # noqa: E402
 from plm_lightning.utils.io import atomic_write_text  # noqa: E402
 
@@ -71,9 +72,7 @@ def decode_pil(path: Path):
 
 
 def decode_torchvision(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-    return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+    return load_rgb_tensor(path)
 
 
 DECODERS = {"pil": decode_pil, "decode_jpeg": decode_torchvision}

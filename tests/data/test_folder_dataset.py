@@ -2,7 +2,7 @@
 split by fraction or by explicit class lists."""
 
 import pytest
-from trees import make_folder_tree, truncate_image
+from trees import is_rgb, make_folder_tree, truncate_image
 
 from plm_lightning.data.base import DatasetError
 from plm_lightning.data.folder import ImageFolderDataset, split_classes
@@ -21,7 +21,7 @@ def test_fraction_split_and_items(root):
     assert any("nested/deeper" in p for p in train.paths)
     assert not any("._" in p or "/." in p or p.startswith(".") or p.endswith(".txt") for p in train.paths + test.paths)
     for ds in (train, test):  # JPEG, PNG, palette PNG with transparency, RGBA, greyscale and CMYK JPEG
-        assert all(ds[i][0].mode == "RGB" for i in range(len(ds)))
+        assert all(is_rgb(ds[i][0]) for i in range(len(ds)))
     assert ImageFolderDataset("train", root=root, train_class_fraction=0.75).class_names == ["ant", "bee", "cat"]
 
 
@@ -59,7 +59,7 @@ def test_unreadable_image_in_a_folder(tmp_path):
     root = make_folder_tree(tmp_path / "mine")
     ds = ImageFolderDataset("train", root=root, skip_unreadable=True)
     truncate_image(root / ds.paths[0])
-    assert ds[0][0].mode == "RGB" and ds.num_skipped == 1
+    assert is_rgb(ds[0][0]) and ds.num_skipped == 1
 
 
 def test_missing_root(tmp_path):

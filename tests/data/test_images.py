@@ -2,11 +2,13 @@
 
 import pickle
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 from trees import KINDS, truncate_image, write_image, write_resource_fork
 
-from plm_lightning.data.images import UnreadableImageError, list_images, load_rgb
+from plm_lightning.data.images import UnreadableImageError, list_images, load_rgb, load_rgb_tensor
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -75,3 +77,25 @@ def test_list_images(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
     assert found == ["4.webp", "5.TIFF", "6.bmp", "7.gif", "a/2.jpeg", "a/deep/er/3.Png", "b/1.JPG"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_datasets_tensor_decoder_gives_plis_pixels(tmp_path, kind):
+    """Datasets decode JPEGs with torchvision's decode_jpeg (faster per loader worker): the same pixels as PIL's,
+    within one grey level (identical with the libjpeg-turbo both ship here); other formats go through PIL."""
+    path = write_image(tmp_path / f"x.{kind}", kind, size=40)
+    ours = load_rgb_tensor(path)
+    pil = torch.from_numpy(np.asarray(load_rgb(path))).permute(2, 0, 1)
+    assert ours.dtype == torch.uint8 and ours.shape == (3, 40, 40)
+    assert int((ours.int() - pil.int()).abs().max()) <= 1
+
+
+def test_the_tensor_decoder_names_damaged_and_disguised_files(tmp_path):
+    cut = truncate_image(write_image(tmp_path / "cut.jpg", "rgb", size=64))
+    with pytest.raises(UnreadableImageError, match=r"^cannot read image .*cut\.jpg: "):
+        load_rgb_tensor(cut)
+    with pytest.raises(UnreadableImageError, match="nothere.jpg: No such file"):
+        load_rgb_tensor(tmp_path / "nothere.jpg")
+    png_named_jpg = tmp_path / "really_a_png.jpg"
+    Image.new("RGB", (6, 5), (10, 200, 30)).save(png_named_jpg, format="PNG")
+    assert load_rgb_tensor(png_named_jpg)[:, 0, 0].tolist() == [10, 200, 30]

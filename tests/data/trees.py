@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 # The kinds of image file write_image makes (all decode to RGB through plm_lightning.data.images.load_rgb).
@@ -231,3 +232,8 @@ def make_folder_tree(
     (root / ".hidden_class").mkdir(exist_ok=True)
     write_image(root / ".hidden_class" / "x.jpg", "rgb", size, seed=2)
     return root
+
+
+def is_rgb(image) -> bool:
+    """What a file dataset yields (data.images.load_rgb_tensor): a uint8 3 x H x W RGB tensor."""
+    return isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3

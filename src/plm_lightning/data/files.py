@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import torch
-from PIL import Image
 
 from plm_lightning.data.base import DatasetError, RetrievalDataset
-from plm_lightning.data.images import UnreadableImageError, load_rgb
+from plm_lightning.data.images import UnreadableImageError, load_rgb_tensor
 from plm_lightning.data.paths import resolve_root
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def _n(x: int) -> str:
 
 class ImageFileDataset(RetrievalDataset):
     """A split of image files under ``root``. Subclasses implement ``read_split`` (and a benchmark states its
-    facts below); items are decoded to RGB by ``images.load_rgb``.
+    facts below); items are decoded to RGB by ``images.load_rgb_tensor``.
 
     Checks at construction, each a one-line DatasetError:
 
@@ -222,10 +221,11 @@ class ImageFileDataset(RetrievalDataset):
 
     # ----- loading -----
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int) -> torch.Tensor:
+        """The image as a uint8 3 x H x W RGB tensor (images.load_rgb_tensor)."""
         path = self.root / self.paths[index]
         try:
-            return load_rgb(path)
+            return load_rgb_tensor(path)
         except UnreadableImageError as exc:
             if not self.skip_unreadable:
                 raise
@@ -265,7 +265,7 @@ class ImageFileDataset(RetrievalDataset):
             if str(path) in self.skipped:
                 continue
             try:
-                return load_rgb(path)
+                return load_rgb_tensor(path)
             except UnreadableImageError as exc:
                 self._note_skip(exc)
         raise DatasetError(f"{self.title or self.name} {self.split} split in {self.root}: no readable image at all")
@@ -279,7 +279,7 @@ class ImageFileDataset(RetrievalDataset):
         bad = {}
         for i, rel in enumerate(self.paths):
             try:
-                load_rgb(self.root / rel)
+                load_rgb_tensor(self.root / rel)  # the decoder training uses
             except UnreadableImageError as exc:
                 bad[exc.path] = exc.reason
             if progress is not None:
