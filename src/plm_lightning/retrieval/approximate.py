@@ -2,8 +2,8 @@
 
 Every epoch the nearest-neighbour batches need each training image's k - 1 nearest others under the teacher. The
 exact table (:func:`.search.knn_search`) costs O(N^2 d): about 1.3e14 multiply-adds for 1.28 M images at d = 512,
-hours on a CPU. An approximate index costs O(N log N d) (HNSW) or O(N sqrt(N) d) (IVF with sqrt-N lists, a fixed
-fraction probed). The batches only need *near* neighbours, not the exact ranking, and the recall of the table
+hours on a CPU. An approximate index costs about O(N log N d) (HNSW) or O(N sqrt(N) d) (IVF: 4 sqrt(N) lists, 32
+of them searched per query). The batches only need *near* neighbours, not the exact ranking, and the recall of the table
 against the exact one is what :func:`table_recall` measures (benchmarks/neighbours.py reports it per size).
 """
 
@@ -19,7 +19,7 @@ INDEXES = ("exact", "hnsw", "ivf")
 HNSW_LINKS = 32  # graph degree (faiss's M); 32 is faiss's recommendation for d in the hundreds
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
-IVF_PROBE_FRACTION = 1 / 16  # lists probed per query, as a fraction of the lists (at least 8)
+IVF_PROBES = 32  # lists searched per query: a fixed number (a fixed fraction of the lists would stay O(N^2))
 
 
 def _faiss() -> Any:  # faiss has no type hints
@@ -34,7 +34,7 @@ def approximate_neighbours(x: torch.Tensor, k: int, *, index: str, seed: int = 0
     """N x k indices of each row's k approximately nearest *other* rows (squared Euclidean), nearest first.
 
     index: "hnsw" (graph; no training, the best recall per unit of time at moderate N) or "ivf" (inverted lists:
-    4 sqrt(N) k-means lists trained on the rows, 1/16 of them probed). ``seed`` fixes IVF's k-means.
+    4 sqrt(N) k-means lists trained on the rows, 32 of them searched per query). ``seed`` fixes IVF's k-means.
     """
     if index not in ("hnsw", "ivf"):
         raise ValueError(f"unknown approximate index {index!r}; choose hnsw or ivf")
@@ -52,7 +52,7 @@ def approximate_neighbours(x: torch.Tensor, k: int, *, index: str, seed: int = 0
         built = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, lists)
         built.cp.seed = int(seed)
         built.train(data)
-        built.nprobe = min(lists, max(8, int(lists * IVF_PROBE_FRACTION)))
+        built.nprobe = min(lists, IVF_PROBES)
     built.add(data)
     found = k + 1
     while True:  # the row itself, and -1 where a search returns fewer results, are not neighbours
