@@ -20,6 +20,10 @@ def test_keys_that_change_the_computation_may_not(key):
     assert not _may_change(key)
 
 
+# Keys of the moved sub-sections that were added after the move.
+ADDED_SINCE_THE_MOVE = ("data.sampler.index",)
+
+
 def _old_layout(cfg):
     """cfg as a run's config.yaml / a checkpoint held it before the method's keys moved into sub-sections."""
     from omegaconf import OmegaConf
@@ -27,6 +31,9 @@ def _old_layout(cfg):
     from plm_lightning.config.migration import MOVED
 
     data = OmegaConf.to_container(cfg, resolve=True)
+    for key in ADDED_SINCE_THE_MOVE:  # absent from a file of that time; reading it brings them back at defaults
+        section, group, leaf = key.split(".")
+        data[section][group].pop(leaf)
     for old, new in MOVED.items():
         section, group, leaf = new.split(".")
         data[section][old.split(".")[1]] = data[section][group].pop(leaf)
