@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64, without a conversion (an operator, a kernel on a GPU) when it already is."""
+    return t if t.dtype == torch.float64 else t.to(torch.float64)
+
+
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||a_i - b_j||^2 for every pair (n x m, float64, differentiable), as ||a||^2 + ||b||^2 - 2 a.b: no n x m x d
     intermediate (B = 480, d = 512 would need ~0.5 GB), and in float64, where the expansion's cancellation for
     near-identical points costs ~1e-8 instead of float32's ~3e-4. Not clamped: it can be slightly negative."""
-    a64, b64 = (t if t.dtype == torch.float64 else t.to(torch.float64) for t in (a, b))
+    a64, b64 = as_float64(a), as_float64(b)
     # One fused call (the norms added to -2 a.b): few operators, as the PLM step wants (benchmarks/ops.py).
     return torch.addmm((a64 * a64).sum(1, keepdim=True) + (b64 * b64).sum(1), a64, b64.T, alpha=-2)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from plm_lightning.manifold.distances import squared_distances
+from plm_lightning.manifold.distances import as_float64, squared_distances
 from plm_lightning.manifold.pieces import Pieces, fit_pieces, orthonormal_basis
 
 
@@ -43,16 +43,12 @@ def piece_distances(
     points: n x d; anchors: P x d; bases: P x d x m (orthonormal or zero columns).
     Returns (o, p), each n x P, float64.
     """
-    y, a, u = (_float64(t) for t in (points, anchors, bases))
+    y, a, u = (as_float64(t) for t in (points, anchors, bases))
     # Coordinates of (y_i - a_j) in piece j's basis, without forming the n x P x d offsets.
     coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u)
     p2 = torch.einsum("ijm,ijm->ij", coef, coef)
     o2 = (squared_distances(y, a) - p2).clamp_min(0)
     return o2.sqrt(), p2.sqrt()
-
-
-def _float64(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.to(torch.float64)
 
 
 SYMMETRIZATIONS = ("mean", "min", "max")
@@ -124,7 +120,7 @@ class PLMSimilarity:
         else:
             # The batch points and the proxies against the batch's pieces in one pass: s'(i, j) and s'(k, i).
             b = x.shape[0]
-            points = torch.cat([pieces.anchors, _float64(proxy_points)])
+            points = torch.cat([pieces.anchors, as_float64(proxy_points)])
             directed = self._directed(*piece_distances(points, pieces.anchors, pieces.bases), factor)
             s = self._symmetric_batch(directed[:b], x.dtype)
             s_proxy = self._to_proxies(x, proxy_points, proxy_bases, directed[b:], factor)
