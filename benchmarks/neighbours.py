@@ -38,21 +38,14 @@ K = 5  # data.sampler.neighbours_per_seed
 SAMPLE = 2000  # rows whose exact neighbours are computed when the full exact table is not
 
 
-def embeddings(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    classes = max(1, n // 50)
-    centres = torch.randn(classes, d, generator=g)
-    x = centres[torch.randint(classes, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
-    return torch.nn.functional.normalize(x, dim=1)
-
-
 def measure_one(n: int, d: int, index: str) -> dict:
     """In this (fresh) process: build one table, return its time, peak memory and the table's recall."""
+    from plm_lightning.analysis.studies import clustered_unit_vectors
     from plm_lightning.data.sampler import neighbour_table
     from plm_lightning.retrieval import knn_search
     from plm_lightning.retrieval.approximate import table_recall
 
-    x = embeddings(n, d)
+    x = clustered_unit_vectors(n, d)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     table = neighbour_table(x, K, index=index)

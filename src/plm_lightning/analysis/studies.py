@@ -281,25 +281,30 @@ def cost_study(
     return rows
 
 
+def clustered_unit_vectors(n: int, dim: int, per_class: int = 50, seed: int = 0) -> torch.Tensor:
+    """n random unit vectors around n / per_class random centres (each point's centre drawn at random): stand-in
+    teacher embeddings of a large training split for the neighbour table's cost (also benchmarks/neighbours.py)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = max(1, n // per_class)
+    centres = torch.randn(classes, dim, generator=g)
+    x = centres[torch.randint(classes, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
 def _table_cost(sizes: Sequence[int], dim: int, device: str) -> list[dict[str, Any]]:
-    """Time of the neighbour table over N random clustered unit vectors per index, and recall against exact."""
+    """Time of the neighbour table over N clustered unit vectors per index, and recall against exact."""
     from plm_lightning.data.sampler import neighbour_table
     from plm_lightning.retrieval.approximate import table_recall
 
     rows = []
     for n in sizes:
-        g = torch.Generator().manual_seed(0)
-        centres = torch.randn(max(1, n // 50), dim, generator=g)
-        x = torch.nn.functional.normalize(
-            centres[torch.arange(n) % len(centres)] + 0.5 * torch.randn(n, dim, generator=g), dim=1
-        )
-        exact = None
-        for index in INDEXES:
+        x = clustered_unit_vectors(n, dim).to(device)
+        exact: Optional[torch.Tensor] = None
+        for index in INDEXES:  # "exact" first: the others' recall is measured against it
             started = time.perf_counter()
-            table = neighbour_table(x.to(device), 5, index=index)
+            table = neighbour_table(x, 5, index=index)
             seconds = time.perf_counter() - started
-            exact = table if index == "exact" else exact
-            assert exact is not None
+            exact = table if exact is None else exact
             recall = table_recall(table[:, 1:], exact[:, 1:])
             rows.append({"dataset_size": n, "index": index, "dim": dim, "seconds": seconds, "recall": recall})
     return rows
