@@ -1,6 +1,6 @@
 """The package's layers (docs/architecture.md): every import of a plm_lightning module points to its own layer or
-one below it, and the two cores import no Lightning. Read from the source (function-level imports included;
-imports under ``if TYPE_CHECKING:`` are type hints and do not count)."""
+one below it, and the cores (the methods: manifold, stml; retrieval) import no Lightning. Read from the source
+(function-level imports included; imports under ``if TYPE_CHECKING:`` are type hints and do not count)."""
 
 import ast
 from pathlib import Path
@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "plm_lightning"
 LAYERS = (
     "utils",
     "manifold",
+    "stml",
     "retrieval",
     "data",
     "models",
@@ -23,7 +24,7 @@ LAYERS = (
     "cli",
 )
 ORCHESTRATION = ("experiment", "run_directory", "checkpoints")
-CORES = ("manifold", "retrieval")
+CORES = ("manifold", "stml", "retrieval")
 
 
 def layer_of(module: str) -> str | None:

@@ -49,18 +49,23 @@ def stored_config(cfg: DictConfig) -> DictConfig:
 
 def same_run_config(saved: Path, cfg: DictConfig) -> bool:
     """Whether the config.yaml at ``saved`` describes the run that ``cfg`` describes. Compared as values, with keys
-    that a newer version added (absent from an older file) at their defaults."""
+    that a newer version added (absent from an older file) at their defaults, and knobs whose null means "the
+    method's default" (data.augmentation.views) as what they resolve to."""
     import yaml
 
     from plm_lightning.config.loading import written_config
+    from plm_lightning.models.derived import training_views
+
+    def comparable(c: DictConfig) -> Any:
+        values = OmegaConf.to_container(stored_config(c), resolve=True)
+        values["data"]["augmentation"]["views"] = training_views(c)
+        return values
 
     try:
         then = written_config(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
     except Exception:  # unreadable, or not a config of this version: not the same run
         return False
-    return OmegaConf.to_container(stored_config(then), resolve=True) == OmegaConf.to_container(
-        stored_config(cfg), resolve=True
-    )
+    return comparable(then) == comparable(cfg)
 
 
 class RunDirError(ValueError):

@@ -93,3 +93,15 @@ def test_embedding_pass_casts_inputs_to_true_precision_weights():
     idx, emb, lab = embed_loader(model, DataLoader(data, batch_size=4), torch.device("cpu"))
     assert emb.dtype == torch.float32 and idx.tolist() == list(range(10))
     assert torch.equal(emb, model(x.double()).detach().float())
+
+
+@pytest.mark.slow
+def test_stml_trains_under_ddp(tmp_path):
+    """STML on two processes: the nearest-neighbour table from the student's auxiliary embeddings gathered from both
+    ranks, both heads in DDP's gradient reduction, evaluation as for PLM."""
+    run_dir = tmp_path / "ddp" / "run"
+    ddp, _ = run_fit(run_dir, "method.name=stml", "trainer.devices=2", "trainer.accelerator=cpu")
+    log = ddp.stdout + ddp.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["final"] is not None and [h["epoch"] for h in metrics["history"]] == [0]

@@ -147,3 +147,48 @@ def test_print_config_needs_no_dataset_on_disk_but_a_run_does(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.root" in err[0] and "does not exist" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_stml_trains_and_evaluates_through_the_same_path(tmp_path):
+    """method.name=stml on the embedded digits: the same run directory, evaluation and plots as PLM; its checkpoint
+    evaluates with plm-eval --ckpt (the target embedding f, not the auxiliary g)."""
+    run_dir = tmp_path / "run"
+    result = run_fit(
+        "--config",
+        "digits.yaml",
+        "method.name=stml",
+        f"run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["final"]) == METRIC_KEYS and [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert "MultiView(views=2" in (run_dir / "transforms.txt").read_text()  # STML's two views by default
+    assert (run_dir / "plots" / "similarity_hist.png").is_file()  # STML's contextualised similarity
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for key in ("train/rc_epoch", "train/kl_epoch", "simquality/purity"):
+        assert any(r.get(key) for r in rows), key
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["auxiliary_head.linear.weight"].shape[0] == 1024
+    assert state["teacher.head.linear.weight"].shape[0] == 1024 and not any(k.startswith("proxies.") for k in state)
+
+    from runner import run_cli
+
+    out = tmp_path / "eval.json"
+    ev = run_cli(
+        "eval",
+        "--ckpt",
+        run_dir / "checkpoints" / "last.ckpt",
+        "--config",
+        run_dir / "config.yaml",
+        "--output",
+        out,
+        "--no-nmi",
+        timeout=300,
+        env_extra={"WANDB_MODE": "disabled"},
+    )
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(out.read_text())["R@1"] == pytest.approx(metrics["final"]["R@1"], abs=1e-6)

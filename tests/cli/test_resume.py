@@ -46,8 +46,9 @@ def _as_written_before_the_datamodule_held_batching_state(checkpoint_path):
         # resumed mid-interval: the table comes from the checkpoint (the DataModule's state)
         (["data.sampler.refresh_every=2", "logger.csv=false"], False),
         (["data.sampler.refresh_every=2", "logger.csv=false"], True),  # ... from a checkpoint in the earlier layout
+        (["method.name=stml", "logger.csv=false"], False),  # STML: two heads, the teacher of the auxiliary head
     ],
-    ids=["refresh_every_epoch", "refresh_every_2", "refresh_every_2_legacy_checkpoint"],
+    ids=["refresh_every_epoch", "refresh_every_2", "refresh_every_2_legacy_checkpoint", "stml"],
 )
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra, legacy):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -96,7 +97,11 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, extra, l
     assert ca["global_step"] == cb["global_step"] == 12
     sa, sb = ca["state_dict"], cb["state_dict"]
     assert sa.keys() == sb.keys()
-    assert any(k.startswith("teacher.") for k in sa) and "proxies.points" in sa and "proxies.initialized" in sa
+    assert any(k.startswith("teacher.") for k in sa)
+    if "method.name=stml" in extra:
+        assert any(k.startswith("auxiliary_head.") for k in sa)
+    else:
+        assert "proxies.points" in sa and "proxies.initialized" in sa
     different = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not different, different
     # The optimiser and schedule states continue too.

@@ -136,13 +136,13 @@ class RunPlots(Callback):
                 title=f"{cfg.data.name} test split: top-{max(len(row) for row in neighbours)} (green = same class)",
             )
             self._save("retrieval_grid", grid)
-        if cfg.method.name == "plm":  # the supervised reference has no similarity estimator
+        if cfg.method.name != "supervised":  # the supervised reference has no similarity estimator
             self._similarity_histogram(emb, lab)
         self._save("embeddings_pca", embedding_projection(emb, lab, title=f"{cfg.data.name} test embeddings (PCA)"))
 
     def _similarity_histogram(self, emb: np.ndarray, lab: np.ndarray) -> None:
         cfg = self.cfg
-        name = cfg.method.similarity
+        name = "stml" if cfg.method.name == "stml" else cfg.method.similarity
         same, different, quality = pair_similarities(
             emb,
             lab,

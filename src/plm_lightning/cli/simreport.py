@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from plm_lightning.cli.common import config_or_none, fail
+from plm_lightning.models.similarity_estimator import SIMILARITIES
 
-ALL_ESTIMATORS = ("plm", "gaussian", "knn", "kmeans")
+ALL_ESTIMATORS = SIMILARITIES
 
 
 def build_parser() -> argparse.ArgumentParser:

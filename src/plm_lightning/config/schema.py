@@ -74,8 +74,9 @@ class AugmentationConfig:
     # recipe) [ours]
     color_jitter: float = 0.0
     # augmented views of each training image in a batch (B images -> views * B embeddings); the teacher's similarity
-    # of two views of one image is high, so the loss also teaches invariance to the augmentation [ours; STML: 2]
-    views: int = 1
+    # of two views of one image is high, so the loss also teaches invariance to the augmentation. null = the
+    # method's: 1 for plm [ours] and supervised, 2 for stml [STML] (models/derived.py)
+    views: Optional[int] = None
 
 
 @dataclass
@@ -191,6 +192,24 @@ class KMeansConfig:
 
 
 @dataclass
+class STMLConfig:
+    """method.name=stml: Self-Taught Metric Learning (Kim et al., CVPR 2022; docs/stml.md). Defaults are STML's
+    published ones (its paper and code) unless marked [ours]."""
+
+    sigma: float = 3.0  # Gaussian kernel width of the teacher's similarity, exp(-||t_i - t_j||^2 / sigma)
+    delta: float = 1.0  # relaxed contrastive margin on row-mean-normalised distances (STML's SOP runs: 0.9)
+    # k of the contextual similarity's k-reciprocal neighbourhoods [None = neighbours_per_seed x views, as STML's code]
+    neighbours: Optional[int] = None
+    auxiliary_dim: int = 1024  # the larger embedding g the target embedding (model.embedding_dim) distils from
+    kl_temperature: float = 1.0  # temperature of the self-distillation softmax over -distances
+    lambda_kl: float = 1.0  # weight of the self-distillation term (STML: L_RC + L_KL)
+    normalize_student: bool = False  # L2-normalise f and g before the row-mean normalisation (STML: off)
+    # the embeddings nearest-neighbour batches are built from: the student's auxiliary embedding g (STML's code) or
+    # the teacher's (the PLM path)
+    batches_from: str = one_of("student", ("student", "teacher"))
+
+
+@dataclass
 class ProxyConfig:
     """method.proxies: the learnable proxy manifold (N_rho points with their pieces) [paper: concept; details ours]."""
 
@@ -226,8 +245,9 @@ class TeacherConfig:
 
 @dataclass
 class MethodConfig:
-    # plm: the method (unsupervised) | supervised: a labelled reference (an upper bound; backbone pretraining)
-    name: str = one_of("plm", ("plm", "supervised"))
+    # plm: the method (unsupervised) | stml: STML, the paper's strongest baseline (unsupervised; method.stml) |
+    # supervised: a labelled reference (an upper bound; backbone pretraining)
+    name: str = one_of("plm", ("plm", "stml", "supervised"))
     # The similarity estimator (manifold/estimators.py): plm, or the baselines / ablations gaussian, knn, kmeans;
     # each has its knobs in the section of its name
     similarity: str = "plm"
@@ -239,6 +259,7 @@ class MethodConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    stml: STMLConfig = field(default_factory=STMLConfig)
 
 
 @dataclass

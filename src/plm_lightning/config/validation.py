@@ -12,11 +12,11 @@ from omegaconf import DictConfig
 from plm_lightning.config.loading import ConfigError
 from plm_lightning.config.schema import declared_choices
 from plm_lightning.data.registry import DATASETS
-from plm_lightning.manifold.estimators import ESTIMATORS
 from plm_lightning.manifold.pieces import GREEDY_TESTS
 from plm_lightning.manifold.similarity import DISTANCE_SCALES, SYMMETRIZATIONS
 from plm_lightning.models.backbones import BACKBONES
 from plm_lightning.models.head import POOLINGS
+from plm_lightning.models.similarity_estimator import SIMILARITIES
 
 # Allowed values: the schema's one_of fields, and the keys whose values are a registry of the code.
 CHOICES = {
@@ -24,7 +24,7 @@ CHOICES = {
     "data.name": tuple(DATASETS),
     "model.backbone": tuple(BACKBONES),
     "model.pooling": POOLINGS,
-    "method.similarity": ESTIMATORS,
+    "method.similarity": SIMILARITIES,
     "method.plm.symmetrize": SYMMETRIZATIONS,
     "method.plm.greedy_test": GREEDY_TESTS,
     "method.plm.distance_scale": DISTANCE_SCALES,
@@ -133,7 +133,6 @@ POSITIVE = (
     "data.sampler.refresh_every",
     "data.loader.eval_batch_size",
     "data.loader.prefetch_factor",
-    "data.augmentation.views",
     "model.embedding_dim",
     "model.width",
     "method.plm.n_alpha",
@@ -142,6 +141,10 @@ POSITIVE = (
     "method.loss.delta",
     "method.gaussian.sigma",
     "method.supervised.temperature",
+    "method.stml.sigma",
+    "method.stml.delta",
+    "method.stml.auxiliary_dim",
+    "method.stml.kl_temperature",
     "optim.lr",
     "trainer.max_epochs",
     "trainer.devices",
@@ -158,12 +161,15 @@ POSITIVE_OR_NULL = (
     "method.knn.k",
     "method.kmeans.clusters",
     "trainer.stop_after_epochs",
+    "data.augmentation.views",
+    "method.stml.neighbours",
 )
 NON_NEGATIVE = (
     "method.plm.n_beta",
     "method.proxies.count",
     "method.loss.lambda_proxy",
     "method.loss.lambda_nbhd",
+    "method.stml.lambda_kl",
     "optim.weight_decay",
     "optim.warmup_epochs",
     "data.loader.num_workers",
@@ -248,7 +254,7 @@ def _check_schedule_and_run(cfg: DictConfig) -> None:
 
 def _check_batches_and_metrics(cfg: DictConfig) -> None:
     b, k = cfg.data.sampler.batch_size, cfg.data.sampler.neighbours_per_seed
-    if cfg.method.name == "plm":  # nearest-neighbour batches: B / k seeds (the supervised reference samples at random)
+    if cfg.method.name != "supervised":  # nearest-neighbour batches: B / k seeds (the supervised reference: random)
         _require(b % k == 0, "data.sampler.batch_size", b, f"must be divisible by data.sampler.neighbours_per_seed={k}")
     _require(b >= 2, "data.sampler.batch_size", b, "a batch needs at least 2 images to form pairs")
     ks = list(cfg.eval.ks)

@@ -103,16 +103,20 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 0,
         sampling: str = "neighbours",
         neighbour_backend: str = "auto",
+        views: Optional[int] = None,
     ):
         """backbone_channels / input_space: what the backbone takes (BackboneSpec; head.backbone_input_channels
         and head.backbone_input_space), so the transforms end in the preprocessing its weights expect.
         sampling: "neighbours" (the method's nearest-neighbour batches) or "random" (the supervised reference).
-        neighbour_backend: the k-NN engine that builds the neighbour table (eval.backend)."""
+        neighbour_backend: the k-NN engine that builds the neighbour table (eval.backend).
+        views: augmented views per training image (models/derived.py); None = data.augmentation.views,
+        or 1 when that is null too."""
         super().__init__()
         if sampling not in ("neighbours", "random"):
             raise ValueError(f"sampling must be 'neighbours' or 'random', got {sampling!r}")
         self.sampling = sampling
         self.neighbour_backend = neighbour_backend
+        self.views = int(views if views is not None else (cfg.augmentation.views or 1))
         self.cfg = cfg
         self.seed = seed
         self.dataset_cls = DATASETS[cfg.name]
@@ -156,9 +160,8 @@ class RetrievalDataModule(L.LightningDataModule):
     def _dataset(self, split: str, train_transform: bool) -> RetrievalDataset:
         cls = self.dataset_cls
         transform = self._transform(train_transform)
-        views = int(self.cfg.augmentation.views)
-        if train_transform and views > 1:
-            transform = MultiView(transform, views)
+        if train_transform and self.views > 1:
+            transform = MultiView(transform, self.views)
         return cls.from_config(split, transform, self.cfg)
 
     @property

@@ -17,6 +17,7 @@ from plm_lightning.data.datamodule import NeighbourRefresh
 from plm_lightning.data.transforms import flatten_views
 from plm_lightning.manifold import PLMLoss, ProxyManifold, ema_update_, make_teacher
 from plm_lightning.manifold.similarity import teacher_space
+from plm_lightning.models.derived import training_views
 from plm_lightning.models.embedding_module import EmbeddingModule
 from plm_lightning.models.embedding_pass import embed_loader, gather_by_index
 from plm_lightning.models.similarity_estimator import build_similarity, derived_method_values
@@ -77,7 +78,7 @@ class PLMModule(EmbeddingModule):
     # --- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0]  # labels (batch[1]) are deliberately unused: the method is unsupervised
-        if self.cfg.data.augmentation.views > 1:  # B x V x ... -> V * B items, one similarity over all of them
+        if training_views(self.cfg) > 1:  # B x V x ... -> V * B items, one similarity over all of them
             images = flatten_views(images)
         z = self.student(images)
         with torch.no_grad():

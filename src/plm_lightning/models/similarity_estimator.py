@@ -8,7 +8,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from plm_lightning.manifold.estimators import SimilarityEstimator, build_estimator
+from plm_lightning.manifold.estimators import ESTIMATORS, Binarized, SimilarityEstimator, build_estimator
+from plm_lightning.stml import ContextualSimilarity
+
+# method.similarity and plm-simreport's estimators: the PLM core's, and STML's contextualised similarity
+SIMILARITIES = (*ESTIMATORS, "stml")
 
 
 def derived_method_values(cfg: DictConfig) -> dict[str, int]:
@@ -28,11 +32,21 @@ def derived_method_values(cfg: DictConfig) -> dict[str, int]:
 
 
 def build_similarity(cfg: DictConfig, name: Optional[str] = None) -> SimilarityEstimator:
-    """The similarity estimator that ``method.similarity`` (or ``name``) and the ablation knobs describe."""
+    """The similarity estimator that ``method.similarity`` (or ``name``) and the ablation knobs describe; a run of
+    method.name=stml measures with STML's own (``stml``).
+
+    ``stml`` here sees one view per image (plm-simreport's batches, ``method.similarity=stml`` in PLM's loss), so its
+    k is method.stml.neighbours or the neighbours per seed; STML's training counts every view (models/derived.py)."""
     method = cfg.method
     d = derived_method_values(cfg)
+    name = name or ("stml" if method.name == "stml" else method.similarity)
+    if name == "stml":
+        k = method.stml.neighbours or cfg.data.sampler.neighbours_per_seed
+        est: SimilarityEstimator = ContextualSimilarity(sigma=method.stml.sigma, k=int(k))
+        threshold = method.plm.binary_threshold
+        return est if threshold is None else Binarized(est, threshold)
     return build_estimator(
-        name or method.similarity,
+        name,
         n_alpha=method.plm.n_alpha,
         n_beta=method.plm.n_beta,
         piece_dim=method.plm.piece_dim,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plm_lightning.data.transforms import flatten_views
+from plm_lightning.models.derived import training_views
 from plm_lightning.models.embedding_module import EmbeddingModule
 
 
@@ -44,7 +45,7 @@ class SupervisedModule(EmbeddingModule):
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        if self.cfg.data.augmentation.views > 1:  # every view is a labelled example
+        if training_views(self.cfg) > 1:  # every view is a labelled example
             labels = labels.repeat(images.shape[1])
             images = flatten_views(images)
         z = F.normalize(self.student(images).float(), dim=1)
