@@ -16,7 +16,7 @@ def test_report_for_all_estimators(tmp_path, features):
     result = run("--config", "digits.yaml", "--output", str(out), "--features", features, "--max-batches", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report) == {"plm", "gaussian", "knn", "kmeans"}
+    assert set(report) == {"plm", "gaussian", "knn", "kmeans", "stml"}  # stml: its contextualised similarity
     for numbers in report.values():
         assert 0 <= numbers["purity"] <= 1 and -1 <= numbers["pearson"] <= 1
     # digits are easy: every estimator is far better than chance purity (~0.2 for 5 classes)

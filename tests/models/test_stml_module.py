@@ -80,3 +80,22 @@ def test_exported_student_is_the_target_embedding():
     assert module(x).shape == (4, module.cfg.model.embedding_dim)
     keys = module.state_dict().keys()
     assert any(k.startswith("auxiliary_head.") for k in keys) and not any(k.startswith("student.aux") for k in keys)
+
+
+def test_stml_similarity_as_an_estimator_and_in_plms_loss():
+    """method.similarity=stml: STML's W as PLM's s (one view per item, so k = neighbours per seed), diagonal 1, and
+    a kernel similarity to the proxies; a run of method.name=stml measures with it too."""
+    from plm_lightning.models.plm_module import PLMModule
+    from plm_lightning.models.similarity_estimator import build_similarity
+    from plm_lightning.stml import ContextualSimilarity
+
+    cfg = load_config("digits.yaml", ["method.similarity=stml"])
+    est = build_similarity(cfg)
+    assert isinstance(est, ContextualSimilarity) and est.k == cfg.data.sampler.neighbours_per_seed
+    x = torch.nn.functional.normalize(torch.randn(12, 8, dtype=torch.float64), dim=1)
+    result = est(x, proxy_points=x[:3])
+    assert torch.equal(result.s.diagonal(), torch.ones(12, dtype=torch.float64)) and result.s_proxy.shape == (12, 3)
+    assert isinstance(build_similarity(load_config("digits.yaml", ["method.name=stml"])), ContextualSimilarity)
+    module = PLMModule(OmegaConf.to_container(cfg, resolve=True), in_channels=1)
+    out = module.training_step((torch.randn(10, 1, 16, 16), torch.zeros(10, dtype=torch.long), torch.arange(10)), 0)
+    assert torch.isfinite(out["loss"])

@@ -162,7 +162,12 @@ class RetrievalDataModule(L.LightningDataModule):
         transform = self._transform(train_transform)
         if train_transform and self.views > 1:
             transform = MultiView(transform, self.views)
-        return cls.from_config(split, transform, self.cfg)
+        dataset = cls.from_config(split, transform, self.cfg)
+        if cls.augmentation == "digits" and not cls.needs_root:
+            # In memory, and the per-image pipeline of upright images is deterministic (their augmentation is the
+            # batch's, batch_augmentation): transform each image once, not once per epoch.
+            dataset.cache_transformed()
+        return dataset
 
     @property
     def rank_and_world(self) -> tuple[int, int]:
