@@ -362,3 +362,17 @@ def test_geometry_on_uint8_matches_float_geometry_within_one_level(train):
     levels = (a - b).abs() * torch.tensor(IMAGENET_STD)[:, None, None] * 255
     assert levels.max() <= 1.0 + 1e-4
     assert levels.mean() < 0.3
+
+
+def test_in_memory_upright_images_are_transformed_once_with_the_same_items():
+    """digits and glyphs transform every image once at setup (their per-image pipeline is deterministic; the
+    augmentation is the batch's): the served items equal what the transform gives, views included."""
+    dm = datamodule(**{"data.augmentation.views": 2})
+    dm.setup("fit")
+    for dataset in (dm.train_set, dm.train_eval_set, dm.test_set):
+        assert dataset._transformed is not None and dataset._transformed.shape[0] == len(dataset)
+        for i in (0, 7, len(dataset) - 1):
+            image, label, index = dataset[i]
+            assert torch.equal(image, dataset.transform(dataset.load(i)))
+            assert (label, index) == (int(dataset.labels[i]), i)
+    assert dm.train_set[0][0].shape[0] == 2  # B x V: the views are stacked before the batch augmentation
