@@ -217,7 +217,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, An
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        best = "" if "best_R@1" not in r else f"{_fmt(r, 'best_R@1')} ({', '.join(map(str, r['best_epoch']))})"
+        best = (
+            ""
+            if r.get("best_R@1") is None or not r.get("best_epoch") or None in r["best_epoch"]
+            else f"{_fmt(r, 'best_R@1')} ({', '.join(map(str, r['best_epoch']))})"
+        )
         wall = "" if "wall_s" not in r or math.isnan(r["wall_s"]) else f"{r['wall_s']:.0f}"
         lines.append(
             f"| {r['rung']} | " + " | ".join(_fmt(r, m) for m in METRICS) + f" | {best} | {r['seeds']} | {wall} |"
@@ -338,9 +342,13 @@ def ladder_study(
             for s in seeds
         ],
     )
-    if "PLM" in runs and all(r.get("initial") for r in runs["PLM"]):
+    # Every rung starts from the same pretrained backbone (and the same seeded head): the evaluation before training
+    # of any rung's runs is the pretrained-only row; the PLM runs' when they ran, else the first rung's that did.
+    started_from = [name for name in ("PLM", *runs) if name in runs and all(r.get("initial") for r in runs[name])]
+    if started_from:
+        first = started_from[0]
         rows["pretrained only"] = summarise(
-            "pretrained only", runs["PLM"], source="initial", note="the PLM runs' evaluation before training"
+            "pretrained only", runs[first], source="initial", note=f"the {first} runs' evaluation before training"
         )
     for rung in rungs:
         rows[rung.name] = summarise(rung.name, runs[rung.name], note=rung.note)
