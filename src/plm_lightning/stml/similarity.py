@@ -7,8 +7,8 @@
     W^(i)     = mean of W~(r) over i's round(k / 2) nearest r          query expansion
     W_C       = (W^ + W^T) / 2,   W = (W_P + W_C) / 2
 
-Every step is a whole-batch tensor operation (no loop over points); tests/stml/reference.py computes the same from
-the definitions with Python loops and sets.
+Every step is a whole-batch tensor operation (no loop over points); tests/stml/stml_reference.py computes the same
+from the definitions with Python loops and sets.
 """
 
 from __future__ import annotations

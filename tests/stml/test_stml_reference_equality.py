@@ -1,9 +1,9 @@
-"""The vectorised STML (plm_lightning.stml) against the loop reference (reference.py), both float64: the similarity
+"""The vectorised STML (plm_lightning.stml) against the loop reference (stml_reference.py), both float64: the similarity
 W and every loss term to 1e-10, and the gradient of the loss against finite differences."""
 
 import numpy as np
 import pytest
-import reference as ref
+import stml_reference as ref
 import torch
 
 from plm_lightning.stml import (
