@@ -59,6 +59,24 @@ def test_a_run_written_before_the_keys_moved_is_the_same_run(tmp_path):
     assert not same_run_config(saved, load_config("digits.yaml", ["method.proxies.count=8"]))
 
 
+def test_views_written_as_a_number_equal_the_methods_default(tmp_path):
+    """Runs written before data.augmentation.views could be null recorded views: 1; for PLM that is the default
+    (null = the method's), so they are the same run; for STML (default 2) they are not."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from plm_lightning.config import load_config
+    from plm_lightning.run_directory import same_run_config
+
+    for method, same in (("plm", True), ("stml", False)):
+        cfg = load_config("digits.yaml", [f"method.name={method}"])
+        data = OmegaConf.to_container(cfg, resolve=True)
+        data["data"]["augmentation"]["views"] = 1
+        saved = tmp_path / f"{method}.yaml"
+        saved.write_text(yaml.safe_dump(data))
+        assert same_run_config(saved, cfg) is same, method
+
+
 def test_a_checkpoint_written_before_the_keys_moved_resumes(tmp_path):
     import torch
 
