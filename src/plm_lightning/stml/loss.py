@@ -18,11 +18,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from plm_lightning.manifold.distances import squared_distances
+from plm_lightning.manifold.distances import as_float64
+from plm_lightning.manifold.loss import cdist_safe
 from plm_lightning.stml.similarity import contextual_similarity
 
-# Squared distances below this are clamped before the square root (finite gradient where two views coincide); the
-# diagonal is set to exactly 0 afterwards, so the row means are those of the true distances.
+# Guards the row mean of an all-coinciding batch against division by zero.
 _EPS = 1e-12
 
 
@@ -33,7 +33,10 @@ def row_mean_distances(e: torch.Tensor, normalize: bool = False) -> torch.Tensor
         e = F.normalize(e, dim=1)
     n = e.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=e.device)
-    d = squared_distances(e, e).clamp_min(_EPS).sqrt().masked_fill(eye, 0.0)
+    # cdist_safe: a finite gradient where two views coincide; in float64, with the diagonal set to exactly 0 after, so
+    # the row means are those of the true distances.
+    e64 = as_float64(e)
+    d = cdist_safe(e64, e64).masked_fill(eye, 0.0)
     # Half-precision student outputs (mixed precision) give float32 distances: the loss is no place for bf16.
     out = e.dtype if e.dtype in (torch.float32, torch.float64) else torch.float32
     return (d / d.mean(1, keepdim=True).clamp_min(_EPS)).to(out)
