@@ -5,12 +5,15 @@ cost there is launch overhead, which the operator count measures without a GPU. 
 ``PLMLoss(PLMSimilarity())`` with the default knobs (N_alpha 4, N_beta 1, m 2, M 10, tau 0.5, q 5) on B normalised
 teacher and student embeddings of dimension d and N_rho proxies; one forward + backward.
 
-The baseline is the same measurement on the package as it was at ``--baseline`` (a git revision; by default the
-last one before the call was restructured), extracted with ``git archive`` and run in a subprocess, so both
-numbers come from the same run on the same machine. ``--baseline none`` skips it (or when git is unavailable).
+The baselines are the same measurement on the package as it was at each ``--baseline`` revision (by default the
+last one before the first restructuring, 6c8199b, and the last one before the greedy selection was decided in
+blocks and the similarity and loss were fused, 5893a68), extracted with ``git archive`` and run in a subprocess, so
+all numbers come from the same run on the same machine. ``--baseline none`` skips them (or when git is unavailable).
+``--blocks 1,2,4,8`` also measures this checkout with other greedy block sizes (pieces.GREEDY_BLOCK: operators
+against CPU time; the results do not depend on it).
 
     python benchmarks/ops.py
-    python benchmarks/ops.py --batch-size 240 --dim 128 --repeats 50
+    python benchmarks/ops.py --batch-size 240 --dim 128 --repeats 50 --blocks 1,2,4,8
 
 Prints the table and saves JSON to benchmarks/results/ops.json (``--output``).
 """
@@ -30,8 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The revision before the launch-light restructuring of the greedy selection, pieces and loss.
-BASELINE = "6c8199b"
+# The revisions before the two launch-light restructurings of the greedy selection, pieces and loss.
+BASELINES = "6c8199b,5893a68"
 BUDGET = 150  # the target of the speed issue: top-level operators of one forward + backward
 
 
@@ -46,7 +49,7 @@ def _operators_module():
     return module
 
 
-def measure(batch_size: int, dim: int, num_proxies: int, repeats: int) -> dict:
+def measure(batch_size: int, dim: int, num_proxies: int, repeats: int, block: int | None = None) -> dict:
     """Count and time one forward + backward of the PLM loss with the package importable as ``plm_lightning``."""
     import torch
     import torch.nn.functional as F
@@ -60,7 +63,7 @@ def measure(batch_size: int, dim: int, num_proxies: int, repeats: int) -> dict:
     z = F.normalize(torch.randn(batch_size, dim, generator=g), dim=1).requires_grad_(True)
     torch.manual_seed(0)
     proxies = ProxyManifold(num_proxies, dim, 2)
-    loss_fn = PLMLoss(PLMSimilarity(), proxy_neighbours=5)
+    loss_fn = PLMLoss(PLMSimilarity() if block is None else PLMSimilarity(greedy_block=block), proxy_neighbours=5)
 
     def step() -> float:
         z.grad = None
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-proxies", type=int, default=100)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--baseline", default=BASELINE, help="git revision to compare with, or 'none'")
+    p.add_argument("--baseline", default=BASELINES, help="git revisions to compare with (comma-separated), or 'none'")
+    p.add_argument("--blocks", default="", help="greedy block sizes to measure this checkout with (comma-separated)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ops.json")
     p.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -153,21 +157,27 @@ def main(argv: list[str] | None = None) -> int:
     from plm_lightning.utils.io import atomic_write_text
 
     current = measure(args.batch_size, args.dim, args.num_proxies, args.repeats)
-    base = None if args.baseline == "none" else baseline(args.baseline, args)
+    revisions = [] if args.baseline == "none" else [r for r in args.baseline.split(",") if r]
+    bases = {rev: baseline(rev, args) for rev in revisions}
+    blocks = {
+        int(k): measure(args.batch_size, args.dim, args.num_proxies, args.repeats, block=int(k))
+        for k in args.blocks.split(",")
+        if k
+    }
     shape = f"B = {args.batch_size}, d = {args.dim}, N_rho = {args.num_proxies}"
     print(f"PLM similarity + loss, one forward + backward ({shape}; CPU, {torch.get_num_threads()} thread(s))")
-    print(f"{'':<24} {'operators':>10} {'backward':>9} {'CPU ms':>8}")
-    rows = ([("baseline " + args.baseline, base)] if base else []) + [("this checkout", current)]
+    print(f"{'':<28} {'operators':>10} {'backward':>9} {'CPU ms':>8} {'ops ratio':>10} {'time ratio':>11}")
+    rows = [(f"baseline {rev}", r) for rev, r in bases.items() if r] + [("this checkout", current)]
+    rows += [(f"this checkout, block {k}", r) for k, r in blocks.items()]
     for name, r in rows:
-        print(f"{name:<24} {r['operators']:>10} {r['backward_nodes']:>9} {r['cpu_ms_median']:>8.2f}")
-    if base:
-        print(
-            f"{'ratio (this / baseline)':<24} {current['operators'] / base['operators']:>10.2f} "
-            f"{current['backward_nodes'] / base['backward_nodes']:>9.2f} "
-            f"{current['cpu_ms_median'] / base['cpu_ms_median']:>8.2f}"
-        )
-        if abs(current["loss"] - base["loss"]) > 1e-5 * max(1.0, abs(base["loss"])):
-            print(f"warning: the loss differs from the baseline's: {current['loss']} vs {base['loss']}")
+        ratios = ""
+        if r is not current:
+            time_ratio = current["cpu_ms_median"] / r["cpu_ms_median"]
+            ratios = f" {current['operators'] / r['operators']:>10.2f} {time_ratio:>11.2f}"
+        print(f"{name:<28} {r['operators']:>10} {r['backward_nodes']:>9} {r['cpu_ms_median']:>8.2f}{ratios}")
+        if abs(current["loss"] - r["loss"]) > 1e-5 * max(1.0, abs(r["loss"])):
+            print(f"warning: the loss differs from {name}'s: {current['loss']} vs {r['loss']}")
+    print("ratios: this checkout / the row")
     verdict = "within" if current["operators"] <= BUDGET else "over"
     print(f"operators: {current['operators']} ({verdict} the budget of {BUDGET})")
     print("most frequent: " + ", ".join(f"{n.replace('aten::', '')} {c}" for n, c in current["histogram"][:8]))
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "budget": BUDGET,
         "current": current,
-        "baseline": base,
+        "baselines": bases,
+        "blocks": {str(k): r for k, r in blocks.items()},
     }
     atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"saved {args.output}")

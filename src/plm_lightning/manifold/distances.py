@@ -16,4 +16,11 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     near-identical points costs ~1e-8 instead of float32's ~3e-4. Not clamped: it can be slightly negative."""
     a64, b64 = as_float64(a), as_float64(b)
     # One fused call (the norms added to -2 a.b): few operators, as the PLM step wants (benchmarks/ops.py).
-    return torch.addmm((a64 * a64).sum(1, keepdim=True) + (b64 * b64).sum(1), a64, b64.T, alpha=-2)
+    return torch.addmm(torch.linalg.vecdot(a64, a64).unsqueeze(1) + torch.linalg.vecdot(b64, b64), a64, b64.T, alpha=-2)
+
+
+def pairwise_squared_distances(a: torch.Tensor) -> torch.Tensor:
+    """||a_i - a_j||^2 for every pair of rows (n x n, float64): squared_distances(a, a) with the norms taken once."""
+    a64 = as_float64(a)
+    sq = torch.linalg.vecdot(a64, a64)
+    return torch.addmm(sq.unsqueeze(1) + sq, a64, a64.T, alpha=-2)

@@ -9,25 +9,28 @@ L_nbhd  = mean_k mean_{q most similar i} ||(I - V_k V_k^T)(x_i - rho_k)||^2  (x 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from plm_lightning.manifold.distances import squared_distances
+from plm_lightning.manifold.pieces import orthonormal_basis
 from plm_lightning.manifold.proxies import ProxyManifold
-from plm_lightning.manifold.similarity import SimilarityResult, teacher_space
+from plm_lightning.manifold.similarity import SimilarityResult, teacher_space, unit_rows
 
 # Squared distances below this are clamped before the square root: the gradient of ||a - b|| is undefined at
 # a == b (identical images can share a batch), and the clamp keeps it finite.
 _EPS = 1e-12
 
 
-def cdist_safe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def cdist_safe(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Euclidean distances with a finite gradient everywhere (torch.cdist's backward is NaN at zero distance),
-    computed in float64 (distances.squared_distances)."""
-    return squared_distances(a, b).clamp_min(_EPS).sqrt().to(a.dtype)
+    computed in float64 (distances.squared_distances) and returned in ``dtype`` (default: a's)."""
+    distances = squared_distances(a, b).clamp_min(_EPS).sqrt()
+    dtype = a.dtype if dtype is None else dtype
+    return distances if distances.dtype == dtype else distances.to(dtype)
 
 
 def point_loss(
@@ -69,12 +72,40 @@ def neighbourhood_loss(
 ) -> torch.Tensor:
     """Squared residual of each proxy's q most similar (detached) batch points from its affine piece."""
     q = min(num_neighbours, x.shape[0])
-    # K x q, the most similar batch points of each proxy (ties: lower batch index first, deterministic)
-    nearest = torch.sort(s.detach(), dim=0, descending=True, stable=True).indices[:q].T
-    offsets = x.detach()[nearest] - proxy_points.unsqueeze(1)  # K x q x d
+    x = x.detach() if x.requires_grad else x
+    s = s.detach() if s.requires_grad else s
+    # The q most similar batch points of each proxy (ties: lower batch index first, deterministic)
+    nearest = torch.sort(s, dim=0, descending=True, stable=True).indices[:q]  # q x K
+    offsets = (x[nearest] - proxy_points).transpose(0, 1)  # K x q x d
     in_plane = torch.bmm(offsets, proxy_bases)  # K x q x m
-    residual2 = offsets.pow(2).sum(-1) - in_plane.pow(2).sum(-1)
+    residual2: torch.Tensor = torch.linalg.vecdot(offsets, offsets) - torch.linalg.vecdot(in_plane, in_plane)
     return residual2.clamp_min(0).mean()
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_weights(b: int, k: int, lambda_proxy: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """3 x (b (b + k)) weights that turn the squared residuals of [batch | proxies] pairs (row-major, b rows) into
+    L_point (the mean over the off-diagonal batch pairs), L_proxy (the mean over all point-proxy pairs) and
+    L_point + lambda_proxy L_proxy (cached constant)."""
+    w = torch.zeros(3, b, b + k, dtype=torch.float64)
+    w[0, :, :b] = 1.0 / (b * (b - 1))
+    w[0, :, :b].fill_diagonal_(0.0)
+    w[1, :, b:] = 1.0 / (b * k)
+    w[2] = w[0] + lambda_proxy * w[1]
+    return w.reshape(3, -1).to(dtype).to(device)
+
+
+def point_and_proxy_loss(
+    s_all: torch.Tensor, distances: torch.Tensor, delta: float = 1.0, lambda_proxy: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_point, L_proxy, L_point + lambda_proxy L_proxy) with every proxy, in one pass: s_all and distances are
+    b x (b + k), [batch | proxies] (b >= 2, k >= 1). The same means as point_loss and proxy_loss(nearest=None), as
+    weighted sums of one vector of squared residuals."""
+    b, width = s_all.shape
+    residual = torch.rsub(s_all.detach() if s_all.requires_grad else s_all, delta, alpha=delta) - distances
+    weights = _pair_weights(b, width - b, float(lambda_proxy), distances.dtype, distances.device)
+    loss_point, loss_proxy, combined = torch.mv(weights, residual.square().flatten()).unbind()
+    return loss_point, loss_proxy, combined
 
 
 @dataclass
@@ -96,35 +127,50 @@ class PLMLoss:
         """z: student embeddings (B x d, with grad); x: teacher embeddings (B x d, no grad).
         Returns a dict with "loss" (the total) and the individual terms plus diagnostics, all scalars except "s"."""
         z = z if z.dtype == torch.float32 else z.float()
-        x = x.detach()
+        x = x.detach() if x.requires_grad else x
         x = x if x.dtype == torch.float32 else x.float()
         if self.normalize_student:
-            z = F.normalize(z, dim=1)
+            z = unit_rows(z)
         x = teacher_space(x, self.normalize_teacher)
-        points: torch.Tensor | None = None
-        bases: torch.Tensor | None = None
-        bases64: torch.Tensor | None = None
-        if proxies is not None and len(proxies) > 0:
-            # The loss runs in float32 whatever the parameters' precision (bf16-true / 16-true runs); the pieces
-            # are orthonormalised once, in float64, as the similarity needs them.
-            points, bases64 = proxies.points, proxies.bases(torch.float64)
-            points, bases = (points if points.dtype == torch.float32 else points.float()), bases64.float()
-        sim = self.similarity(
-            x, None if points is None else points.detach(), None if bases64 is None else bases64.detach()
-        )
         b = z.shape[0]
-        if points is None or bases is None or sim.s_proxy is None:
+        if proxies is None or len(proxies) == 0:
+            sim = self.similarity(x, None, None)
             out = {"loss_point": point_loss(z, sim.s, self.delta), "s": sim.s}
-            total = out["loss_point"]
+            out["loss"] = out["loss_point"]
+            out.update(sim.stats)
+            return out
+        # The loss runs in float32 whatever the parameters' precision (bf16-true / 16-true runs); the pieces are
+        # orthonormalised once, in float64, as the similarity needs them (the similarity takes no gradient).
+        # The gradient goes through one Cholesky QR pass (orthonormal to ~1e-16 cond^2, far below float32's precision
+        # for any cond < 1e4); the similarity's float64 copy gets the second pass, without gradient.
+        bases = proxies.bases(torch.float64, passes=1)
+        points = proxies.points if proxies.points.dtype == torch.float32 else proxies.points.float()
+        with torch.no_grad():
+            bases64 = orthonormal_basis(bases, passes=1)
+            points64 = proxies.points.to(torch.float64)
+        sim = self.similarity(x, points64, bases64)
+        if sim.s_proxy is None:
+            raise ValueError("the similarity estimator returned no point-proxy similarity although proxies were given")
+        # Distances to the batch and to the (detached) proxies in one computation (fewer kernels per step).
+        z64 = z.to(torch.float64)
+        distances = cdist_safe(z64, torch.cat([z64, points64]), z.dtype)
+        if self.proxy_pairs == "all" and b >= 2:
+            s_all = sim.s_all if sim.s_all is not None else torch.cat([sim.s, sim.s_proxy], dim=1)
+            loss_point, loss_proxy, regression = point_and_proxy_loss(s_all, distances, self.delta, self.lambda_proxy)
         else:
-            # Distances to the batch and to the proxies in one computation (fewer kernels per step).
-            distances = cdist_safe(z, torch.cat([z, points.detach()]))
-            out = {"loss_point": point_loss(z, sim.s, self.delta, distances[:, :b]), "s": sim.s}
             nearest = self.proxy_neighbours if self.proxy_pairs == "nearest" else None
-            out["loss_proxy"] = proxy_loss(z, points, sim.s_proxy, self.delta, nearest, distances[:, b:])
-            out["loss_nbhd"] = neighbourhood_loss(x, sim.s_proxy, points, bases, self.proxy_neighbours)
-            total = out["loss_point"] + self.lambda_proxy * out["loss_proxy"] + self.lambda_nbhd * out["loss_nbhd"]
-            out["s_proxy"] = sim.s_proxy
-        out["loss"] = total
+            loss_point = point_loss(z, sim.s, self.delta, distances[:, :b])
+            loss_proxy = proxy_loss(z, points, sim.s_proxy, self.delta, nearest, distances[:, b:])
+            regression = torch.add(loss_point, loss_proxy, alpha=self.lambda_proxy)
+        loss_nbhd = neighbourhood_loss(x, sim.s_proxy, points, bases.float(), self.proxy_neighbours)
+        total = torch.add(regression, loss_nbhd, alpha=self.lambda_nbhd)
+        out = {
+            "loss_point": loss_point,
+            "loss_proxy": loss_proxy,
+            "loss_nbhd": loss_nbhd,
+            "loss": total,
+            "s": sim.s,
+            "s_proxy": sim.s_proxy,
+        }
         out.update(sim.stats)
         return out

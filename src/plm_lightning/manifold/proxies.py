@@ -1,7 +1,7 @@
 """The proxy manifold: N_rho learnable points, each with its own learnable linear piece (docs/method.md, "Proxies").
 
 Proxies live in the (L2-normalised) teacher embedding space and are "treated like data embeddings". Their pieces
-are stored as unconstrained d x m parameters and orthonormalised (Gram-Schmidt, pieces.orthonormal_basis) in
+are stored as unconstrained d x m parameters and orthonormalised (Cholesky QR, pieces.orthonormal_basis) in
 every forward pass.
 """
 
@@ -31,9 +31,10 @@ class ProxyManifold(nn.Module):
     def __len__(self) -> int:
         return self.num_proxies
 
-    def bases(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Orthonormal pieces, K x d x m (differentiable), orthonormalised in ``dtype`` (default: the parameters')."""
-        return orthonormal_basis(self.raw_bases if dtype is None else self.raw_bases.to(dtype))
+    def bases(self, dtype: torch.dtype | None = None, passes: int = 2) -> torch.Tensor:
+        """Orthonormal pieces, K x d x m (differentiable), orthonormalised in ``dtype`` (default: the parameters')
+        with ``passes`` Cholesky QR passes (pieces.orthonormal_basis)."""
+        return orthonormal_basis(self.raw_bases if dtype is None else self.raw_bases.to(dtype), passes=passes)
 
     @torch.no_grad()
     def initialise_random_(self, generator: torch.Generator) -> None:

@@ -10,29 +10,54 @@ The similarity is a regression target: it is computed without gradient.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from plm_lightning.manifold.distances import as_float64, squared_distances
-from plm_lightning.manifold.pieces import Pieces, fit_pieces, orthonormal_basis
+from plm_lightning.manifold.distances import as_float64, pairwise_squared_distances, squared_distances
+from plm_lightning.manifold.pieces import GREEDY_BLOCK, Pieces, fit_pieces, orthonormal_basis
 
 
 @dataclass
 class SimilarityResult:
     """What a similarity estimator returns for one batch: s (B x B), s to the proxies (B x K) when proxies were
-    given, and scalar diagnostics."""
+    given, and scalar diagnostics. s_all: [s | s_proxy] as one B x (B + K) tensor when the estimator builds them
+    together (s and s_proxy are then views of it), so that the loss can treat both in one pass."""
 
     s: torch.Tensor
     s_proxy: Optional[torch.Tensor] = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    s_all: Optional[torch.Tensor] = None
 
 
 def teacher_space(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """The teacher's embeddings as the similarity (and the nearest-neighbour table) sees them: rows scaled to unit
     length when ``normalize`` (method.teacher.normalize [ours]), else as they are. The one place that decides it."""
-    return torch.nn.functional.normalize(x, dim=1) if normalize else x
+    return unit_rows(x) if normalize else x
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length: torch.nn.functional.normalize(x, dim=1) (same eps, same numbers) in three
+    operators instead of four (no expand)."""
+    unit: torch.Tensor = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+    return unit
+
+
+def _coordinates_squared(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """||U_j^T (y_i - a_j)||^2 for every point i and piece j (n x P, float64 inputs), without forming the n x P x d
+    offsets."""
+    coef = torch.einsum("id,jdm->ijm", points, bases) - torch.einsum("jd,jdm->jm", anchors, bases)
+    return torch.einsum("ijm,ijm->ij", coef, coef)
+
+
+def _stacked_distances(
+    points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor, squared: torch.Tensor
+) -> torch.Tensor:
+    """(o, p) stacked, 2 x n x P, from ||y_i - a_j||^2 (``squared``, float64) and the in-plane part."""
+    p2 = _coordinates_squared(points, anchors, bases)
+    return torch.stack([squared - p2, p2]).clamp_min(0).sqrt()
 
 
 def piece_distances(
@@ -44,11 +69,8 @@ def piece_distances(
     Returns (o, p), each n x P, float64.
     """
     y, a, u = (as_float64(t) for t in (points, anchors, bases))
-    # Coordinates of (y_i - a_j) in piece j's basis, without forming the n x P x d offsets.
-    coef = torch.einsum("id,jdm->ijm", y, u) - torch.einsum("jd,jdm->jm", a, u)
-    p2 = torch.einsum("ijm,ijm->ij", coef, coef)
-    o2 = (squared_distances(y, a) - p2).clamp_min(0)
-    return o2.sqrt(), p2.sqrt()
+    o, p = _stacked_distances(y, a, u, squared_distances(y, a)).unbind(0)
+    return o, p
 
 
 SYMMETRIZATIONS = ("mean", "min", "max")
@@ -65,9 +87,48 @@ def symmetrize(a: torch.Tensor, b: torch.Tensor, how: str = "mean") -> torch.Ten
     raise ValueError(f"unknown symmetrization {how!r}; choose one of {', '.join(SYMMETRIZATIONS)}")
 
 
+@functools.lru_cache(maxsize=64)
+def _formula_constants(
+    n_alpha: float, n_beta: float, ndim: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1, the scales (1/2, 1) of o and p, and the exponents (-N_alpha, -N_beta), shaped to broadcast against a
+    stacked (o, p) of ``ndim`` dimensions (cached constants)."""
+    shape = (2,) + (1,) * (ndim - 1)
+    one = torch.ones((), dtype=dtype)
+    scales = torch.tensor([0.5, 1.0], dtype=dtype).reshape(shape)
+    exponents = torch.tensor([-float(n_alpha), -float(n_beta)], dtype=dtype).reshape(shape)
+    return one.to(device), scales.to(device), exponents.to(device)
+
+
+def directed_from_stacked(
+    op: torch.Tensor, n_alpha: float, n_beta: float, factor: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """s' from (o, p) stacked along the first dimension (each multiplied by ``factor`` first when given):
+    (1 + o/2)^(-N_alpha) (1 + p)^(-N_beta) as one product over the stack."""
+    one, scales, exponents = _formula_constants(n_alpha, n_beta, op.dim(), op.dtype, op.device)
+    if factor is not None:
+        scales = scales * factor
+    return torch.addcmul(one, op, scales).pow(exponents).prod(0)
+
+
 def directed_similarity(o: torch.Tensor, p: torch.Tensor, n_alpha: float, n_beta: float) -> torch.Tensor:
     """s' = (1 + o/2)^(-N_alpha) (1 + p)^(-N_beta): decays faster off the piece than along it when N_alpha > N_beta."""
-    return (1 + o / 2).pow(-n_alpha) * (1 + p).pow(-n_beta)
+    o, p = torch.broadcast_tensors(o, p)  # type: ignore[no-untyped-call]
+    return directed_from_stacked(torch.stack([o, p]), n_alpha, n_beta)
+
+
+def _cat_bases(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two sets of pieces as one, the narrower padded with zero columns (absent directions) when their dimensions
+    differ (pieces of m directions in a space of d < m dimensions)."""
+    width = max(a.shape[-1], b.shape[-1])
+    a, b = (t if t.shape[-1] == width else torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (a, b))
+    return torch.cat([a, b])
+
+
+@functools.lru_cache(maxsize=8)
+def _one(device: torch.device) -> torch.Tensor:
+    """The float32 scalar 1 (cached constant): the distance scale reported under "absolute"."""
+    return torch.ones((), dtype=torch.float32).to(device)
 
 
 DISTANCE_SCALES = ("absolute", "batch")
@@ -105,6 +166,9 @@ class PLMSimilarity:
     symmetrize: str = "mean"
     greedy_test: str = "refit"
     distance_scale: str = "absolute"
+    # Candidate positions of the greedy selection decided together (pieces.GREEDY_BLOCK): speed only, the pieces do
+    # not depend on it.
+    greedy_block: int = GREEDY_BLOCK
 
     @torch.no_grad()
     def __call__(
@@ -112,24 +176,39 @@ class PLMSimilarity:
     ) -> SimilarityResult:
         if (proxy_points is None) != (proxy_bases is None):
             raise ValueError("proxy_points and proxy_bases are given together or not at all")
-        pieces = self.fit(x)
-        factor = self._factor(x)
-        s_proxy = None
+        b = x.shape[0]
+        x64 = as_float64(x)
         if proxy_points is None or proxy_bases is None:
-            s = self._pairwise(x, pieces, factor)
+            points, bases_extra = x64, None
         else:
-            # The batch points and the proxies against the batch's pieces in one pass: s'(i, j) and s'(k, i).
-            b = x.shape[0]
-            points = torch.cat([pieces.anchors, as_float64(proxy_points)])
-            directed = self._directed(*piece_distances(points, pieces.anchors, pieces.bases), factor)
-            s = self._symmetric_batch(directed[:b], x.dtype)
-            s_proxy = self._to_proxies(x, proxy_points, proxy_bases, directed[b:], factor)
+            # The batch points and the proxies in one pass: every point against every piece (the proxies' own
+            # pieces included), so s'(i, j), s'(i, k) and s'(k, i) come from one set of distances.
+            points, bases_extra = torch.cat([x64, as_float64(proxy_points)]), self._proxy_bases64(proxy_bases)
+        squared = pairwise_squared_distances(points)
+        pieces = self.fit(x64, squared_distances=squared if bases_extra is None else squared[:b, :b])
+        bases = pieces.bases if bases_extra is None else _cat_bases(pieces.bases, bases_extra)
+        factor = self._factor(x)
+        directed = self._directed_stacked(_stacked_distances(points, points, bases, squared), factor)  # [i, j]
+        s_all = symmetrize(directed, directed.T, self.symmetrize).to(x.dtype)
+        s_proxy = None
+        if bases_extra is None:
+            s = s_all
+        else:
+            s_all = s_all[:b]
+            s, s_proxy = s_all.split([b, s_all.shape[1] - b], dim=1)  # type: ignore[no-untyped-call]
+        s.fill_diagonal_(1.0)
         stats = {
-            "piece_dim_mean": pieces.dims.float().mean(),
-            "neighbourhood_size_mean": pieces.members.sum(1).float().mean(),
-            "distance_scale": self.scale(x).float() if factor is None else factor.float(),
+            "piece_dim_mean": pieces.piece_dim_mean(),
+            "neighbourhood_size_mean": pieces.neighbourhood_size_mean(),
+            "distance_scale": _one(x.device) if factor is None else factor.float(),
         }
-        return SimilarityResult(s, s_proxy, stats)
+        return SimilarityResult(s, s_proxy, stats, s_all=s_all if s_proxy is not None else None)
+
+    @staticmethod
+    def _proxy_bases64(proxy_bases: torch.Tensor) -> torch.Tensor:
+        """Proxy pieces orthonormal to float64 precision, for the same reason as the batch pieces (see fit_pieces):
+        bases given in a lower precision are orthonormalised again in float64 (float64 ones are taken as they are)."""
+        return proxy_bases if proxy_bases.dtype == torch.float64 else orthonormal_basis(proxy_bases.to(torch.float64))
 
     def _factor(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The factor applied to o and p, or None when there is none to apply ("absolute")."""
@@ -145,13 +224,11 @@ class PLMSimilarity:
             )
         return torch.ones((), dtype=torch.float64, device=x.device)
 
-    def _directed(self, o: torch.Tensor, p: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor:
-        if factor is not None:
-            o, p = o * factor, p * factor
-        return directed_similarity(o, p, self.n_alpha, self.n_beta)
+    def _directed_stacked(self, op: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor:
+        return directed_from_stacked(op, self.n_alpha, self.n_beta, factor)
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor) -> Pieces:
+    def fit(self, x: torch.Tensor, squared_distances: Optional[torch.Tensor] = None) -> Pieces:
         return fit_pieces(
             x,
             piece_dim=self.piece_dim,
@@ -159,21 +236,17 @@ class PLMSimilarity:
             tau=self.tau,
             subset_selection=self.subset_selection,
             greedy_test=self.greedy_test,
+            squared_distances=squared_distances,
+            greedy_block=self.greedy_block,
         )
 
     @torch.no_grad()
     def pairwise(self, x: torch.Tensor, pieces: Pieces) -> torch.Tensor:
         """s(i, j) for all batch pairs: B x B, symmetric, diagonal 1, values in (0, 1]."""
-        return self._pairwise(x, pieces, self._factor(x))
-
-    def _pairwise(self, x: torch.Tensor, pieces: Pieces, factor: Optional[torch.Tensor]) -> torch.Tensor:
-        directed = self._directed(*piece_distances(x, pieces.anchors, pieces.bases), factor)  # [i, j]: piece of j
-        return self._symmetric_batch(directed, x.dtype)
-
-    def _symmetric_batch(self, directed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        directed = self._from_pieces(x, pieces.anchors, pieces.bases, self._factor(x))  # [i, j]: piece of j
         s = symmetrize(directed, directed.T, self.symmetrize)
         s.fill_diagonal_(1.0)
-        return s.to(dtype)
+        return s.to(x.dtype)
 
     @torch.no_grad()
     def to_proxies(
@@ -181,22 +254,13 @@ class PLMSimilarity:
     ) -> torch.Tensor:
         """s(i, k) between batch points and proxies: B x K. s'(i, k) uses the proxy's piece, s'(k, i) the point's."""
         factor = self._factor(x)  # the batch's: proxies live in the same space
-        from_proxies = self._directed(*piece_distances(proxy_points, pieces.anchors, pieces.bases), factor)
-        return self._to_proxies(x, proxy_points, proxy_bases, from_proxies, factor)
+        from_proxies = self._from_pieces(proxy_points, pieces.anchors, pieces.bases, factor)  # K x B
+        to_proxies = self._from_pieces(x, proxy_points, self._proxy_bases64(proxy_bases), factor)  # B x K
+        return symmetrize(to_proxies, from_proxies.T, self.symmetrize).to(x.dtype)
 
-    def _to_proxies(
-        self,
-        x: torch.Tensor,
-        proxy_points: torch.Tensor,
-        proxy_bases: torch.Tensor,
-        from_proxies: torch.Tensor,
-        factor: Optional[torch.Tensor],
+    def _from_pieces(
+        self, points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor, factor: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """s(i, k) from s'(k, i) (K x B, the batch's pieces) and s'(i, k), computed here on the proxies' pieces."""
-        # Orthonormal to float64 precision, for the same reason as the batch pieces (see fit_pieces): bases given in
-        # a lower precision are orthonormalised again in float64 (float64 ones are taken as they are).
-        if proxy_bases.dtype != torch.float64:
-            proxy_bases = orthonormal_basis(proxy_bases.to(torch.float64))
-        o_ik, p_ik = piece_distances(x, proxy_points, proxy_bases)
-        s = symmetrize(self._directed(o_ik, p_ik, factor), from_proxies.T, self.symmetrize)
-        return s.to(x.dtype)
+        """s'(i, j) of every point from every piece (float64)."""
+        y, a, u = (as_float64(t) for t in (points, anchors, bases))
+        return self._directed_stacked(_stacked_distances(y, a, u, squared_distances(y, a)), factor)
