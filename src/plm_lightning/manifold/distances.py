@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -23,4 +25,11 @@ def pairwise_squared_distances(a: torch.Tensor) -> torch.Tensor:
     """||a_i - a_j||^2 for every pair of rows (n x n, float64): squared_distances(a, a) with the norms taken once."""
     a64 = as_float64(a)
     sq = torch.linalg.vecdot(a64, a64)
-    return torch.addmm(sq.unsqueeze(1) + sq, a64, a64.T, alpha=-2)
+    # ||a_i||^2 + ||a_j||^2 as a rank-1 update of the row of norms (one operator, no broadcast intermediate).
+    return torch.addmm(torch.addr(sq, sq, ones_vector(sq.shape[0], sq.dtype, sq.device)), a64, a64.T, alpha=-2)
+
+
+@functools.lru_cache(maxsize=16)
+def ones_vector(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A vector of n ones (cached constant, read only)."""
+    return torch.ones(n, dtype=dtype).to(device)

@@ -37,8 +37,8 @@ class Pieces:
     members:    B x B boolean, members[j, l] = l is in the neighbourhood N_j.
 
     A fit may give ``members`` as its candidates (B x M indices) and their acceptance (B x M, 1.0 where accepted)
-    and ``present`` (B x m boolean, the directions that exist) instead: the B x B matrix and the dimensions are then
-    built when first asked for, not in every training step.
+    and ``present`` (B x k boolean, k <= m: which of the top-k directions exist; a view of a wider mask is fine)
+    instead: the B x B matrix and the dimensions are then built when first asked for, not in every training step.
     """
 
     def __init__(
@@ -215,7 +215,7 @@ def _greedy_members(
             _first_members(first, m_cap, gram.dtype, gram.device) if accepted is None else accepted, consistent, outcome
         )
     if accepted is None:
-        return _first_members(first, m_cap, gram.dtype, gram.device).expand(b, m_cap)
+        return _first_members(first, m_cap, gram.dtype, gram.device).expand(b, m_cap).clone()  # not the cached one
     return accepted
 
 
@@ -223,10 +223,22 @@ GREEDY_TESTS = ("refit", "current")
 
 
 @functools.lru_cache(maxsize=32)
-def _descending(count: int, size: int, device: torch.device) -> torch.Tensor:
-    """Indices of the last ``count`` of ``size`` entries, last first (cached constant): the top eigenpairs of an
-    ascending eigh, largest first, in one gather."""
-    return torch.arange(size - 1, size - 1 - count, -1).to(device)
+def _top_selection(count: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """size x count, column c picks entry size - 1 - c (cached constant): the top eigenpairs of an ascending eigh,
+    largest first, inside the contraction that uses them."""
+    select = torch.zeros(size, count, dtype=dtype)
+    select[torch.arange(size - 1, size - 1 - count, -1), torch.arange(count)] = 1.0
+    return select.to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _others_only(b: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """b x n, +inf on the diagonal and on the columns after the first b, 0 elsewhere (cached constant): added to
+    squared distances it leaves only the other batch points as candidates."""
+    mask = torch.zeros(b, n, dtype=dtype)
+    mask[:, b:] = float("inf")
+    mask[:, :b].fill_diagonal_(float("inf"))
+    return mask.to(device)
 
 
 def fit_pieces(
@@ -249,8 +261,9 @@ def fit_pieces(
     greedy_test:       "refit": a candidate is tested under the piece refitted with it included (N_j starts with
                        the nearest neighbour); "current": the m nearest candidates span the first piece, and each
                        further candidate is tested against the piece of the members accepted so far (without it).
-    squared_distances: the B x B squared distances of ``x`` in float64 when the caller has them already
-                       (distances.squared_distances), to order the candidates.
+    squared_distances: the squared distances of ``x`` in float64 when the caller has them already
+                       (distances.pairwise_squared_distances), to order the candidates: B x B, or n x n for n points
+                       whose first B are ``x`` (the batch and the proxies).
     greedy_block:      candidate positions decided together (_greedy_members); the result does not depend on it.
     """
     if greedy_test not in GREEDY_TESTS:
@@ -267,10 +280,12 @@ def fit_pieces(
             members=torch.zeros(b, b, dtype=torch.bool, device=x.device),
         )
 
-    # Candidates: the other batch points by distance (ties by index), self excluded by index.
-    dist2 = (pairwise_squared_distances(xd) if squared_distances is None else squared_distances).clamp_min(0)
-    dist2.fill_diagonal_(float("inf"))
-    order = torch.sort(dist2, dim=1, stable=True).indices[:, :m_cap]  # B x M
+    # Candidates: the other batch points by distance (ties by index), self (and any point after the batch's) excluded.
+    squared = pairwise_squared_distances(xd) if squared_distances is None else squared_distances
+    if squared.shape[0] != b:
+        squared = squared[:b]
+    key = squared.clamp_min(0) + _others_only(b, squared.shape[1], squared.dtype, squared.device)
+    order = torch.sort(key, dim=1, stable=True).indices[:, :m_cap]  # B x M
 
     # Offsets of the candidates from their anchor and their inner products (Gram space of each anchor).
     offsets = xd[order] - xd.unsqueeze(1)  # B x M x d
@@ -280,24 +295,24 @@ def fit_pieces(
     else:
         mask = gram.new_ones(b, m_cap)
     evals, evecs = torch.linalg.eigh(torch.einsum("bi,bij,bj->bij", mask, gram, mask))  # ascending
-    # At most min(m, M, d) directions exist; the top ones, largest first.
+    # At most min(m, M, d) directions exist: the top ones, largest first. A direction exists when its eigenvalue is
+    # above the rank threshold, relative to the largest: a prefix.
     k = min(piece_dim, m_cap, d)
-    largest_first = _descending(k, m_cap, x.device)
-    top_evals, top_vecs = evals.index_select(1, largest_first), evecs.index_select(2, largest_first)
-    # A direction exists when its eigenvalue is above the rank threshold, relative to the largest: a prefix.
-    present = top_evals > (_RANK_EPS * top_evals[:, :1]).clamp_min(1e-300)
+    # l_k / eps > l_max is l_k > eps l_max, and false for every l_k when l_max <= 0 (l_k <= l_max): no clamp needed.
+    present = evals * (1 / _RANK_EPS) > evals[:, -1:]  # B x M, ascending like evals
     # Column k of O^T V / sqrt(l_k) is the k-th principal direction. Built through the Gram matrix, a weak direction
     # is orthonormal to the others only to ~1e-6 at worst (l_k near the rank threshold); one Cholesky QR pass restores
     # orthonormality to machine precision, keeping the span of the prefix; absent directions stay zero columns.
-    scale = torch.where(present, top_evals.rsqrt(), 0.0)  # rsqrt of an absent (tiny or negative) l_k is not used
-    raw = torch.einsum("bMd,bM,bMk,bk->bdk", offsets, mask, top_vecs, scale)
+    scale = torch.where(present, evals.rsqrt(), 0.0)  # rsqrt of an absent (tiny or negative) l_k is not used
+    top = _top_selection(k, m_cap, evals.dtype, evals.device)  # the top k eigenpairs, largest first
+    raw = torch.einsum("bMd,bM,bMK,bK,Kk->bdk", offsets, mask, evecs, scale, top)
     bases = orthonormal_basis(raw, passes=1)
     if k < piece_dim:
         bases = torch.nn.functional.pad(bases, (0, piece_dim - k))
 
     # Kept in float64: o = sqrt(||v||^2 - p^2) amplifies a projector that is orthonormal only to float32 precision
     # (~1e-7) into o ~ 1e-4 for points that lie on the piece.
-    return Pieces(anchors=xd, bases=bases, candidates=order, accepted=mask, present=present)
+    return Pieces(anchors=xd, bases=bases, candidates=order, accepted=mask, present=present[:, m_cap - k :])
 
 
 @functools.lru_cache(maxsize=32)

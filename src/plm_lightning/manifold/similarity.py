@@ -125,12 +125,6 @@ def _cat_bases(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, b])
 
 
-@functools.lru_cache(maxsize=8)
-def _one(device: torch.device) -> torch.Tensor:
-    """The float32 scalar 1 (cached constant): the distance scale reported under "absolute"."""
-    return torch.ones((), dtype=torch.float32).to(device)
-
-
 DISTANCE_SCALES = ("absolute", "batch")
 
 
@@ -185,11 +179,12 @@ class PLMSimilarity:
             # pieces included), so s'(i, j), s'(i, k) and s'(k, i) come from one set of distances.
             points, bases_extra = torch.cat([x64, as_float64(proxy_points)]), self._proxy_bases64(proxy_bases)
         squared = pairwise_squared_distances(points)
-        pieces = self.fit(x64, squared_distances=squared if bases_extra is None else squared[:b, :b])
+        pieces = self.fit(x64, squared_distances=squared)
         bases = pieces.bases if bases_extra is None else _cat_bases(pieces.bases, bases_extra)
         factor = self._factor(x)
         directed = self._directed_stacked(_stacked_distances(points, points, bases, squared), factor)  # [i, j]
-        s_all = symmetrize(directed, directed.T, self.symmetrize).to(x.dtype)
+        s_all = symmetrize(directed, directed.T, self.symmetrize)
+        s_all = s_all if s_all.dtype == x.dtype else s_all.to(x.dtype)
         s_proxy = None
         if bases_extra is None:
             s = s_all
@@ -197,11 +192,9 @@ class PLMSimilarity:
             s_all = s_all[:b]
             s, s_proxy = s_all.split([b, s_all.shape[1] - b], dim=1)  # type: ignore[no-untyped-call]
         s.fill_diagonal_(1.0)
-        stats = {
-            "piece_dim_mean": pieces.piece_dim_mean(),
-            "neighbourhood_size_mean": pieces.neighbourhood_size_mean(),
-            "distance_scale": _one(x.device) if factor is None else factor.float(),
-        }
+        stats = {"piece_dim_mean": pieces.piece_dim_mean(), "neighbourhood_size_mean": pieces.neighbourhood_size_mean()}
+        if factor is not None:  # "batch": the factor of this batch (under "absolute" it is 1, not reported)
+            stats["distance_scale"] = factor.float()
         return SimilarityResult(s, s_proxy, stats, s_all=s_all if s_proxy is not None else None)
 
     @staticmethod
