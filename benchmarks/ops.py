@@ -9,8 +9,10 @@ The baselines are the same measurement on the package as it was at each ``--base
 last one before the first restructuring, 6c8199b, and the last one before the greedy selection was decided in
 blocks and the similarity and loss were fused, 5893a68), extracted with ``git archive`` and run in a subprocess, so
 all numbers come from the same run on the same machine. ``--baseline none`` skips them (or when git is unavailable).
-``--blocks 1,2,4,8`` also measures this checkout with other greedy block sizes (pieces.GREEDY_BLOCK: operators
-against CPU time; the results do not depend on it).
+"This checkout" is the call as a GPU runs it: the greedy selection in blocks of pieces.GREEDY_BLOCK_CUDA, the
+count that stands for kernel launches (the budget applies to it). The row "CPU default" is the same call as it runs
+on a CPU (pieces.GREEDY_BLOCK_CPU, one position at a time: more operators, less CPU time). ``--blocks 1,2,4,8`` also
+measures other block sizes (operators against CPU time; the results do not depend on them).
 
     python benchmarks/ops.py
     python benchmarks/ops.py --batch-size 240 --dim 128 --repeats 50 --blocks 1,2,4,8
@@ -157,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT / "src"))
+    from plm_lightning.manifold.pieces import GREEDY_BLOCK_CPU, GREEDY_BLOCK_CUDA
     from plm_lightning.utils.io import atomic_write_text
 
-    current = measure(args.batch_size, args.dim, args.num_proxies, args.repeats)
+    current = measure(args.batch_size, args.dim, args.num_proxies, args.repeats, block=GREEDY_BLOCK_CUDA)
+    cpu_default = measure(args.batch_size, args.dim, args.num_proxies, args.repeats, block=GREEDY_BLOCK_CPU)
     revisions = [] if args.baseline == "none" else [r for r in args.baseline.split(",") if r]
     bases = {rev: baseline(rev, args) for rev in revisions}
     blocks = {
@@ -169,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     shape = f"B = {args.batch_size}, d = {args.dim}, N_rho = {args.num_proxies}"
     print(f"PLM similarity + loss, one forward + backward ({shape}; CPU, {torch.get_num_threads()} thread(s))")
+    print(f"this checkout: greedy block {GREEDY_BLOCK_CUDA} (as on CUDA); CPU default: block {GREEDY_BLOCK_CPU}")
     print(f"{'':<28} {'operators':>10} {'backward':>9} {'CPU ms':>8} {'ops ratio':>10} {'time ratio':>11}")
     rows = [(f"baseline {rev}", r) for rev, r in bases.items() if r] + [("this checkout", current)]
+    rows += [("this checkout, CPU default", cpu_default)]
     rows += [(f"this checkout, block {k}", r) for k, r in blocks.items()]
     for name, r in rows:
         ratios = ""
@@ -189,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "budget": BUDGET,
+        "greedy_block": {"cuda": GREEDY_BLOCK_CUDA, "cpu": GREEDY_BLOCK_CPU},
         "current": current,
+        "cpu_default": cpu_default,
         "baselines": bases,
         "blocks": {str(k): r for k, r in blocks.items()},
     }

@@ -92,9 +92,17 @@ class Pieces:
 
 # Candidate positions of the greedy selection tested together: all 2^L - 1 tests that the outcomes of a block of L
 # undecided positions can call for run in one batched eigen-decomposition, so the call launches a few operators per
-# block instead of per position, for more (and, early on, smaller) eigen-decompositions. 4 is measured in
-# benchmarks/ops.py --block (operators against CPU time); results do not depend on it.
-GREEDY_BLOCK = 4
+# block instead of per position, for more (and, early on, smaller) eigen-decompositions. On CUDA, where the call is
+# launch-bound, 4 (benchmarks/ops.py --blocks: 149 operators at the headline shape against 239 one position at a
+# time; 8 saves 14 more for 2^8 - 1 eigen-decompositions per anchor). Elsewhere there are no launches to save and
+# the extra eigen-decompositions cost CPU time (about 1.3x the call), so 1. The decisions do not depend on it.
+GREEDY_BLOCK_CUDA = 4
+GREEDY_BLOCK_CPU = 1
+
+
+def default_greedy_block(device: torch.device) -> int:
+    """The greedy block size used when none is given: GREEDY_BLOCK_CUDA on CUDA, GREEDY_BLOCK_CPU elsewhere."""
+    return GREEDY_BLOCK_CUDA if device.type == "cuda" else GREEDY_BLOCK_CPU
 
 
 @functools.lru_cache(maxsize=128)
@@ -161,7 +169,7 @@ def _greedy_members(
     piece_dim: int,
     tau: float,
     greedy_test: str,
-    block: int = GREEDY_BLOCK,
+    block: int = GREEDY_BLOCK_CUDA,
 ) -> torch.Tensor:
     """The greedy subset selection over the candidates of every anchor at once: B x M, 1.0 where accepted.
 
@@ -250,7 +258,7 @@ def fit_pieces(
     subset_selection: bool = True,
     greedy_test: str = "refit",
     squared_distances: Optional[torch.Tensor] = None,
-    greedy_block: int = GREEDY_BLOCK,
+    greedy_block: Optional[int] = None,
 ) -> Pieces:
     """Fit one linear piece per row of ``x`` (B x d, teacher embeddings of a batch).
 
@@ -264,7 +272,8 @@ def fit_pieces(
     squared_distances: the squared distances of ``x`` in float64 when the caller has them already
                        (distances.pairwise_squared_distances), to order the candidates: B x B, or n x n for n points
                        whose first B are ``x`` (the batch and the proxies).
-    greedy_block:      candidate positions decided together (_greedy_members); the result does not depend on it.
+    greedy_block:      candidate positions decided together (_greedy_members; None: default_greedy_block of x's
+                       device); the result does not depend on it.
     """
     if greedy_test not in GREEDY_TESTS:
         raise ValueError(f"unknown greedy test {greedy_test!r}; choose one of {', '.join(GREEDY_TESTS)}")
@@ -291,7 +300,8 @@ def fit_pieces(
     offsets = xd[order] - xd.unsqueeze(1)  # B x M x d
     gram = torch.einsum("bmd,bnd->bmn", offsets, offsets)  # B x M x M
     if subset_selection:
-        mask = _greedy_members(gram, piece_dim, tau, greedy_test, greedy_block)
+        block = default_greedy_block(x.device) if greedy_block is None else greedy_block
+        mask = _greedy_members(gram, piece_dim, tau, greedy_test, block)
     else:
         mask = gram.new_ones(b, m_cap)
     evals, evecs = torch.linalg.eigh(torch.einsum("bi,bij,bj->bij", mask, gram, mask))  # ascending

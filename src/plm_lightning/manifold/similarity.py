@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from plm_lightning.manifold.distances import as_float64, pairwise_squared_distances, squared_distances
-from plm_lightning.manifold.pieces import GREEDY_BLOCK, Pieces, fit_pieces, orthonormal_basis
+from plm_lightning.manifold.pieces import Pieces, fit_pieces, orthonormal_basis
 
 
 @dataclass
@@ -160,9 +160,9 @@ class PLMSimilarity:
     symmetrize: str = "mean"
     greedy_test: str = "refit"
     distance_scale: str = "absolute"
-    # Candidate positions of the greedy selection decided together (pieces.GREEDY_BLOCK): speed only, the pieces do
-    # not depend on it.
-    greedy_block: int = GREEDY_BLOCK
+    # Candidate positions of the greedy selection decided together (None: pieces.default_greedy_block, 4 on CUDA and
+    # 1 elsewhere): speed only, the pieces do not depend on it.
+    greedy_block: Optional[int] = None
 
     @torch.no_grad()
     def __call__(
