@@ -6,12 +6,12 @@ offsets {x_l - x_j : l in N_j}. N_j starts with the nearest neighbour; each furt
 distance, at most M of them) is accepted when its relative residual under the piece refitted *with* it is at
 most tau (so the first m are always accepted: m offsets lie in their own piece).
 
-Everything is batched over the points of the batch: the only Python loop runs over the (at most M) candidate
-positions, a few whole-batch operations per position (benchmarks/ops.py counts them). The greedy test is done in
-the Gram space of each point's candidate offsets (an M x M problem per
-point), so its cost does not depend on the embedding dimension d; the final pieces are materialised as d x m
-orthonormal bases. Computations run in float64: eigenvalues of nearly collinear offsets are tiny and float32 would
-make acceptance decisions depend on round-off.
+Everything is batched over the points of the batch: the only Python loop runs over blocks of candidate positions
+(one position at a time on a CPU; on CUDA, blocks of 4 whose possible outcomes are all tested at once), a few
+whole-batch operations per block (benchmarks/ops.py counts them). The greedy test is done in the Gram space of each
+point's candidate offsets (an M x M problem per point), so its cost does not depend on the embedding dimension d;
+the final pieces are materialised as d x m orthonormal bases. Computations run in float64: eigenvalues of nearly
+collinear offsets are tiny and float32 would make acceptance decisions depend on round-off.
 """
 
 from __future__ import annotations
