@@ -25,11 +25,16 @@ def pairwise_squared_distances(a: torch.Tensor) -> torch.Tensor:
     """||a_i - a_j||^2 for every pair of rows (n x n, float64): squared_distances(a, a) with the norms taken once."""
     a64 = as_float64(a)
     sq = torch.linalg.vecdot(a64, a64)
-    # ||a_i||^2 + ||a_j||^2 as a rank-1 update of the row of norms (one operator, no broadcast intermediate).
-    return torch.addmm(torch.addr(sq, sq, ones_vector(sq.shape[0], sq.dtype, sq.device)), a64, a64.T, alpha=-2)
+    return torch.addmm(norm_sums(sq, sq), a64, a64.T, alpha=-2)
+
+
+def norm_sums(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """rows_i + cols_j (len(rows) x len(cols)): the norms term of the squared-distance expansion, as a rank-1 update
+    of the row ``cols`` (one operator, no broadcast intermediate)."""
+    return torch.addr(cols, rows, _ones(cols.shape[0], cols.dtype, cols.device))
 
 
 @functools.lru_cache(maxsize=16)
-def ones_vector(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _ones(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A vector of n ones (cached constant, read only)."""
     return torch.ones(n, dtype=dtype).to(device)

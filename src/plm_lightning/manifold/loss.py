@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from plm_lightning.manifold.distances import as_float64, ones_vector, squared_distances
+from plm_lightning.manifold.distances import as_float64, norm_sums, squared_distances
 from plm_lightning.manifold.proxies import ProxyManifold
 from plm_lightning.manifold.similarity import SimilarityResult, teacher_space, unit_rows
 
@@ -24,12 +24,11 @@ from plm_lightning.manifold.similarity import SimilarityResult, teacher_space, u
 _EPS = 1e-12
 
 
-def cdist_safe(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def cdist_safe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances with a finite gradient everywhere (torch.cdist's backward is NaN at zero distance),
-    computed in float64 (distances.squared_distances) and returned in ``dtype`` (default: a's)."""
+    computed in float64 (distances.squared_distances) and returned in a's precision."""
     distances = squared_distances(a, b).clamp_min(_EPS).sqrt()
-    dtype = a.dtype if dtype is None else dtype
-    return distances if distances.dtype == dtype else distances.to(dtype)
+    return distances if distances.dtype == a.dtype else distances.to(a.dtype)
 
 
 def point_loss(
@@ -181,5 +180,5 @@ class PLMLoss:
         # component along z_i). The norms are taken without gradient: the same gradient, fewer backward operators.
         with torch.no_grad():
             norms2 = torch.linalg.vecdot(others, others)
-            offset = torch.addr(norms2, norms2[: z.shape[0]], ones_vector(others.shape[0], z.dtype, z.device))
+            offset = norm_sums(norms2[: z.shape[0]], norms2)
         return torch.addmm(offset, z, others.T, alpha=-2).clamp_min(_EPS).sqrt()

@@ -60,6 +60,12 @@ def _stacked_distances(
     return torch.stack([squared - p2, p2]).clamp_min(0).sqrt()
 
 
+def _stacked_piece_distances(points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """piece_distances' (o, p) stacked, 2 x n x P (any input precision; float64 out)."""
+    y, a, u = (as_float64(t) for t in (points, anchors, bases))
+    return _stacked_distances(y, a, u, squared_distances(y, a))
+
+
 def piece_distances(
     points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +74,7 @@ def piece_distances(
     points: n x d; anchors: P x d; bases: P x d x m (orthonormal or zero columns).
     Returns (o, p), each n x P, float64.
     """
-    y, a, u = (as_float64(t) for t in (points, anchors, bases))
-    o, p = _stacked_distances(y, a, u, squared_distances(y, a)).unbind(0)
+    o, p = _stacked_piece_distances(points, anchors, bases).unbind(0)
     return o, p
 
 
@@ -255,5 +260,4 @@ class PLMSimilarity:
         self, points: torch.Tensor, anchors: torch.Tensor, bases: torch.Tensor, factor: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """s'(i, j) of every point from every piece (float64)."""
-        y, a, u = (as_float64(t) for t in (points, anchors, bases))
-        return self._directed_stacked(_stacked_distances(y, a, u, squared_distances(y, a)), factor)
+        return self._directed_stacked(_stacked_piece_distances(points, anchors, bases), factor)
